@@ -1,0 +1,124 @@
+"""The training objective of M3 (paper Sec. 3.3): InfoNCE per mode, self-knowledge distillation.
+
+Group layout (ch. 05): B queries, each with G passages, positive first, flattened to B*G
+rows. Query i's positive is column i*G; every other passage in the batch is a negative.
+Scores passed here are already divided by the temperature tau.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import M3Config
+from .scores import s_inter
+
+
+def group_targets(batch_size: int, group_size: int, offset: int = 0, device=None) -> torch.Tensor:
+    """Column of each query's positive in the (B, B*G) score matrix: i*G + offset (ch. 05)."""
+    return torch.arange(batch_size, device=device) * group_size + offset
+
+
+def info_nce(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """InfoNCE L_s = -log( exp(s(q,p*)/tau) / sum_p exp(s(q,p)/tau) ), mean over queries (paper Eq. 7; ch. 05).
+
+    scores (B, N) are tau-scaled logits; targets (B,) the positive's column.
+    """
+    return F.cross_entropy(scores, targets)
+
+
+def self_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L'_* = -mean_q sum_p softmax(s_inter)_p * log softmax(s_*)_p (paper Eq. 9; ch. 06).
+
+    The teacher s_inter is detached: it only sets soft targets. This is a cross-entropy
+    with soft targets (no entropy term), as in FlagEmbedding's `distill_loss("kl_div")`.
+    """
+    targets = torch.softmax(teacher.detach(), dim=-1)
+    return -(targets * torch.log_softmax(student, dim=-1)).sum(-1).mean()
+
+
+def loss_L(L_dense, L_lex, L_mul, L_inter, config: M3Config):
+    """L = (l1*L_dense + l2*L_lex + l3*L_mul + L_inter) / 4 (paper Eq. 8; ch. 05)."""
+    l1, l2, l3 = config.loss_weights
+    return (l1 * L_dense + l2 * L_lex + l3 * L_mul + L_inter) / config.l_divisor
+
+
+def loss_L_prime(L_prime_dense, L_prime_lex, L_prime_mul, config: M3Config):
+    """L' = (l1*L'_dense + l2*L'_lex + l3*L'_mul) / c, c = 3 (official) or 1 (paper Eq. 9; ch. 06)."""
+    l1, l2, l3 = config.loss_weights
+    return (l1 * L_prime_dense + l2 * L_prime_lex + l3 * L_prime_mul) / config.l_prime_divisor
+
+
+def loss_final(L, L_prime, config: M3Config):
+    """L_final = (L + L') / 2 (paper Eq. 10; ch. 06)."""
+    return (L + L_prime) / config.l_final_divisor
+
+
+def local_group_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The (B, G) block of each query's own passages from (B, B*G) scores (for teacher KD)."""
+    cols = group_targets(scores.shape[0], group_size, device=scores.device)[:, None] + torch.arange(
+        group_size, device=scores.device)  # (B, G)
+    return scores.gather(1, cols)
+
+
+def teacher_kd_loss(scores: torch.Tensor, teacher_targets: torch.Tensor, group_size: int,
+                    kind: str = "m3_kd_loss") -> torch.Tensor:
+    """Distillation from teacher scores (official `kd_loss_type`; ch. 07).
+
+    teacher_targets (B, G) = softmax of the teacher's scores over each group.
+    * `kl_div`: -mean sum t*log_softmax(local (B, G) scores), plus the ordinary InfoNCE.
+    * `m3_kd_loss`: for k = 0..G-1, mean_b t[b,k] * CE(scores, target b*G+k), where the
+      group's earlier passages b*G .. b*G+k-1 are masked out of the softmax.
+    """
+    targets = group_targets(scores.shape[0], group_size, device=scores.device)
+    if kind == "kl_div":
+        local = local_group_scores(scores, group_size)
+        kd = -(teacher_targets * torch.log_softmax(local, dim=-1)).sum(-1).mean()
+        return kd + info_nce(scores, targets)
+    if kind != "m3_kd_loss":
+        raise ValueError(f"unknown kd loss {kind!r}")
+    loss, mask = 0.0, torch.zeros_like(scores)
+    for k in range(group_size):
+        per_query = F.cross_entropy(scores + mask, targets + k, reduction="none")  # (B,)
+        loss = loss + (teacher_targets[:, k] * per_query).mean()
+        mask = mask.scatter(1, (targets + k)[:, None], torch.finfo(scores.dtype).min)
+    return loss
+
+
+def m3_loss(s_dense: torch.Tensor, s_lex: Optional[torch.Tensor], s_mul: Optional[torch.Tensor],
+            targets: torch.Tensor, config: M3Config, step: int = 0,
+            teacher_targets: Optional[torch.Tensor] = None, kd_kind: str = "m3_kd_loss",
+            dense_loss: Optional[torch.Tensor] = None, group_size: Optional[int] = None) -> dict:
+    """Every term of M3's objective from tau-scaled (B, N) scores (paper Eqs. 6-10).
+
+    Returns s_inter, L_dense, L_lex, L_mul, L_inter, L, L_prime (+ its parts) and L_final.
+    `dense_loss` replaces L_dense when the trainer computed it over cross-device negatives
+    (the official code does this for dense only). `teacher_targets` (B, G) switch each
+    mode's InfoNCE to the teacher-distillation loss `kd_kind`; `group_size` defaults to
+    N // B (in-batch negatives).
+    """
+    group_size = group_size or s_dense.shape[1] // s_dense.shape[0]
+
+    def contrastive(scores):
+        if teacher_targets is not None:
+            return teacher_kd_loss(scores, teacher_targets, group_size, kd_kind)
+        return info_nce(scores, targets)
+
+    out = {"s_dense": s_dense, "L_dense": contrastive(s_dense) if dense_loss is None else dense_loss}
+    if not config.unified:
+        out["L"] = out["L_final"] = out["L_dense"]
+        return out
+    inter = s_inter(s_dense, s_lex, s_mul, config.ensemble_weights)
+    out.update(s_lex=s_lex, s_mul=s_mul, s_inter=inter, L_lex=contrastive(s_lex),
+               L_mul=contrastive(s_mul), L_inter=contrastive(inter))
+    out["L"] = loss_L(out["L_dense"], out["L_lex"], out["L_mul"], out["L_inter"], config)
+    out["L_prime_dense"] = self_distill_loss(s_dense, inter)
+    out["L_prime_lex"] = self_distill_loss(s_lex, inter)
+    out["L_prime_mul"] = self_distill_loss(s_mul, inter)
+    out["L_prime"] = loss_L_prime(out["L_prime_dense"], out["L_prime_lex"], out["L_prime_mul"], config)
+    if config.self_distill and step > config.self_distill_start_step:
+        out["L_final"] = loss_final(out["L"], out["L_prime"], config)
+    else:  # before self-distillation starts the official code optimises L alone
+        out["L_final"] = out["L"]
+    return out

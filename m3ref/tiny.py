@@ -1,0 +1,81 @@
+"""A tiny, offline stand-in for BGE-M3 (book ch. 00): same architecture family, built here.
+
+* Tokenizer: a SentencePiece-style Unigram model trained with `tokenizers` on the texts of
+  data_samples/source (ten languages), with XLM-R's special tokens: <s>=0, <pad>=1, </s>=2,
+  <unk>=3, and <mask> last.
+* Encoder: an `XLMRobertaModel` with 8194 positions (8192 tokens, as BGE-M3), but 2
+  layers of width 128 instead of 24 of width 1024.
+* Heads: `colbert_linear` and `sparse_linear`, as in the official checkpoint.
+
+The model is saved in the official layout, so `M3Model.from_pretrained` and FlagEmbedding
+both load it. The build is deterministic for a given seed and takes seconds.
+`M3Model.from_pretrained("BAAI/bge-m3")` is the same code with the real weights.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Optional
+
+import torch
+
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_samples", "source")
+SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def sample_texts(source_dir: str = SOURCE_DIR) -> list:
+    """Every title, query, passage and related text of the shipped samples, in a fixed order."""
+    texts = []
+    for path in sorted(glob.glob(os.path.join(source_dir, "*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                texts += [row[k] for k in ("title", "query", "passage", "related") if row.get(k)]
+    return texts
+
+
+def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, source_dir: str = SOURCE_DIR):
+    """Train the tiny XLM-R-style tokenizer and return it as a `transformers` fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = sample_texts(source_dir)
+    if not texts:
+        raise FileNotFoundError(f"no sample texts in {source_dir}")
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_special_tokens(["<mask>"])  # the last id, as in XLM-R
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                 cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                 model_max_length=8192)
+    if out_dir:
+        hf.save_pretrained(out_dir)
+    return hf
+
+
+def build_tiny_model(out_dir: str, seed: int = 0, hidden_size: int = 128, num_layers: int = 2,
+                     num_heads: int = 4, tokenizer=None):
+    """Build, save (official layout) and return an untrained tiny M3 model."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from .model import M3Model
+
+    tokenizer = tokenizer or build_tokenizer()
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=4 * hidden_size,
+        max_position_embeddings=8194, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        layer_norm_eps=1e-5)
+    torch.manual_seed(seed)
+    encoder = XLMRobertaModel(config, add_pooling_layer=False)
+    model = M3Model(encoder, tokenizer)
+    model.save_pretrained(out_dir)
+    return model.eval()

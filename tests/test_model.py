@@ -1,0 +1,147 @@
+"""M3Model: encode, compute_score, training_loss, MCLS, checkpoints and bad input."""
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from m3ref import M3Config, M3Error, M3Model
+
+TEXTS = ["What is the capital of France?", "Paris ist die Hauptstadt.", "中国的首都是北京", "", "東京"]
+
+
+def test_encode_types_shapes_and_input_order(tiny_model):
+    out = tiny_model.encode(TEXTS, batch_size=2)
+    assert out.dense.dtype == np.float32 and out.dense.shape == (5, 128)
+    assert np.allclose(np.linalg.norm(out.dense, axis=1), 1.0, atol=1e-5)
+    assert all(isinstance(k, int) and v > 0 for d in out.sparse for k, v in d.items())
+    assert out.sparse[3] == {}  # "" -> <s> </s>: no lexical terms
+    assert out.colbert[3].shape == (1, 128)  # only </s> after [CLS]
+    for i, text in enumerate(TEXTS):  # sorting by length must not change what each text gets
+        alone = tiny_model.encode(text)
+        assert np.allclose(alone.dense, out.dense[i], atol=1e-5)
+        assert alone.sparse.keys() == out.sparse[i].keys()
+        assert np.allclose(alone.colbert, out.colbert[i], atol=1e-5)
+
+
+def test_encode_of_nothing_and_of_non_strings(tiny_model):
+    empty = tiny_model.encode([])
+    assert empty.dense.shape == (0, 128) and empty.sparse == [] and empty.colbert == []
+    with pytest.raises(M3Error, match=r"texts\[1\] is a int"):
+        tiny_model.encode(["ok", 3])
+    with pytest.raises(M3Error, match="must be a string or a list"):
+        tiny_model.encode(None)
+    with pytest.raises(M3Error, match="batch_size"):
+        tiny_model.encode(["a"], batch_size=0)
+
+
+def test_long_texts_are_truncated_with_one_warning(tiny_model):
+    long = "Москва — столица России. " * 300
+    with pytest.warns(UserWarning, match="1 of 2 texts were longer than max_length=64"):
+        out = tiny_model.encode([long, "short"], max_length=64)
+    assert out.colbert[0].shape[0] == 63  # 64 tokens minus [CLS]
+    with pytest.raises(M3Error, match="max_length=9000 is outside 2..8192"):
+        tiny_model.tokenize(["x"], max_length=9000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tiny_model.encode(long, max_length=8192).colbert.shape[0] < 8191
+
+
+def test_mcls_reduces_to_cls_for_short_texts_and_matches_a_reference(tiny_model):
+    short = "A short sentence."
+    assert np.allclose(tiny_model.encode(short, mcls_stride=256).dense, tiny_model.encode(short).dense, atol=1e-6)
+    text = " ".join(["Das ist ein langer Text über Flüsse und Berge."] * 40)
+    stride = 16
+    # reference: insert <s> before every `stride` content tokens, mean of those hidden states
+    content = tiny_model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    seq = []
+    for i in range(0, len(content), stride):
+        seq += [0] + content[i:i + stride]
+    seq += [2]
+    ids = torch.tensor([seq])
+    with torch.no_grad():
+        hidden = tiny_model.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+    ref = torch.nn.functional.normalize(hidden[ids[0] == 0].mean(0), dim=-1).numpy()
+    out = tiny_model.encode(text, mcls_stride=stride)
+    assert np.allclose(out.dense, ref, atol=1e-5)
+    assert out.colbert.shape[0] == len(content) + 1  # inserted [CLS] are not ColBERT vectors
+    assert not np.allclose(out.dense, tiny_model.encode(text).dense, atol=1e-3)
+
+
+def test_compute_score_single_pair_batch_and_weights(tiny_model):
+    pairs = [("capital of France", "Paris ist die Hauptstadt."), ("中国", "中国的首都是北京")]
+    many = tiny_model.compute_score(pairs, weights=(0.4, 0.2, 0.4))
+    one = tiny_model.compute_score(pairs[1], weights=(0.4, 0.2, 0.4))
+    assert set(many) == {"dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"}
+    assert one["dense"] == pytest.approx(many["dense"][1], abs=1e-6)
+    d, s, c = (many[k][0] for k in ("dense", "sparse", "colbert"))
+    assert many["sparse+dense"][0] == pytest.approx((0.2 * s + 0.4 * d) / 0.6, abs=1e-6)
+    assert many["colbert+sparse+dense"][0] == pytest.approx(0.4 * c + 0.2 * s + 0.4 * d, abs=1e-6)
+    enc = tiny_model.encode([p for pair in pairs for p in pair])
+    assert many["dense"][0] == pytest.approx(float(enc.dense[0] @ enc.dense[1]), abs=1e-5)
+    from m3ref.scores import lexical_match
+    assert many["sparse"][1] == pytest.approx(lexical_match(enc.sparse[2], enc.sparse[3]), abs=1e-6)
+    with pytest.raises(M3Error, match=r"pairs\[0\] is not"):
+        tiny_model.compute_score(["just a string"])
+    assert tiny_model.compute_score([])["dense"] == []
+
+
+def test_training_loss_shapes_gradients_and_group_errors(tiny_model):
+    tiny_model.train()
+    queries = ["capital of France", "首都"]
+    passages = [["Paris is the capital.", "Berlin is big."], ["北京是首都", "上海很大"]]
+    out = tiny_model.training_loss(queries, passages, M3Config(), max_query_length=32, max_passage_length=32)
+    for k in ("s_dense", "s_lex", "s_mul", "s_inter"):
+        assert out[k].shape == (2, 4)
+    for k in ("L_dense", "L_lex", "L_mul", "L_inter", "L", "L_prime", "L_final"):
+        assert out[k].dim() == 0 and torch.isfinite(out[k])
+    out["L_final"].backward()
+    for name in ("encoder.embeddings.word_embeddings.weight", "colbert_linear.weight", "sparse_linear.weight"):
+        grad = dict(tiny_model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    with pytest.raises(M3Error, match=r"passages\[1\] has 1 passages"):
+        tiny_model.training_loss(queries, [passages[0], ["only one"]])
+    with pytest.raises(M3Error, match="one passage group per query"):
+        tiny_model.training_loss(queries, passages[:1])
+    with pytest.raises(M3Error, match=r"passages\[0\] has 1"):
+        tiny_model.training_loss(["q"], ["a bare string"])
+
+
+def test_save_and_load_round_trip(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "copy")
+    assert {"config.json", "colbert_linear.pt", "sparse_linear.pt", "tokenizer.json"} <= set(os.listdir(tmp_path / "copy"))
+    again = M3Model.from_pretrained(tmp_path / "copy", device="cpu")
+    a, b = tiny_model.encode(TEXTS), again.encode(TEXTS)
+    assert np.array_equal(a.dense, b.dense) and a.sparse == b.sparse
+
+
+def test_checkpoint_errors_name_the_path(tiny_dir, tmp_path):
+    with pytest.raises(M3Error, match="no checkpoint directory at /nonexistent/model"):
+        M3Model.from_pretrained("/nonexistent/model")
+    with pytest.raises(M3Error, match="is a file"):
+        M3Model.from_pretrained(os.path.join(tiny_dir, "config.json"))
+    with pytest.raises(M3Error, match="has no config.json"):
+        M3Model.from_pretrained(tmp_path)
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_dir, plain)
+    os.remove(plain / "colbert_linear.pt")
+    with pytest.raises(M3Error, match="has no colbert_linear.pt, so it is not an M3 checkpoint"):
+        M3Model.from_pretrained(plain)
+    fresh = M3Model.from_pretrained(plain, init_heads=True, device="cpu")
+    assert fresh.colbert_linear.weight.shape == (128, 128)
+
+
+def test_hub_ids_go_to_the_hub_and_fail_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(M3Error, match="cannot fetch 'BAAI/bge-m3' from the hub"):
+        M3Model.from_pretrained("BAAI/bge-m3")
+
+
+def test_length_batches_cap_padded_tokens():
+    from m3ref.model import length_batches
+    # sorted longest first; budget 100 tokens: [60] alone (2*60 > 100), then [40, 30] (2*40 <= 100, 3*40 > 100)...
+    assert length_batches([60, 40, 30, 10, 10, 10], batch_size=4, max_tokens=100) == [(0, 1), (1, 3), (3, 6)]
+    assert length_batches([5] * 5, batch_size=2, max_tokens=1000) == [(0, 2), (2, 4), (4, 5)]
+    assert length_batches([9000], batch_size=8, max_tokens=100) == [(0, 1)]  # a long text still gets a batch
