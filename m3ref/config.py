@@ -6,7 +6,7 @@ Two presets cover the two published definitions (book chapter 06):
   ``EncoderOnlyEmbedderM3Model.forward``): L' is divided by 3, then the final
   loss by 2.
 * ``paper``: the formulas as printed in the arXiv revision of the paper
-  (Sec. 3.3, Eqs. 6-10): the same weights, but L' is the plain weighted sum, no /3.
+  (Sec. 3.3): the same weights, but L' is the plain weighted sum, no /3.
 
 Everything else (tau, w, lambda) is shared. Both presets are runnable and the book
 compares them.
@@ -24,18 +24,18 @@ class M3Config:
     # does not state it. All three scores are divided by the same tau, including s_lex,
     # which is not normalised, so the lexical logits are scaled by 50.
     temperature: float = 0.02
-    # w = (w1, w2, w3) in s_inter = w1*s_dense + w2*s_lex + w3*s_mul (paper Eq. 6). The
+    # w = (w1, w2, w3) in s_inter = w1*s_dense + w2*s_lex + w3*s_mul (paper Sec. 3.3). The
     # official `ensemble_score` hard-codes (1, 0.3, 1).
     ensemble_weights: tuple[float, float, float] = (1.0, 0.3, 1.0)
     # lambda = (l1, l2, l3), the weights of the dense, lexical and multi-vector losses in
-    # L and L' (paper Eqs. 8-9). The lexical loss gets 0.1 because its raw scale is larger.
+    # L and L' (paper Sec. 3.3). The lexical loss gets 0.1 because its raw scale is larger.
     loss_weights: tuple[float, float, float] = (1.0, 0.1, 1.0)
-    # L = (l1*L_dense + l2*L_lex + l3*L_mul + L_inter) / l_divisor (paper Eq. 8; code agrees).
+    # L = (l1*L_dense + l2*L_lex + l3*L_mul + L_inter) / l_divisor (paper Sec. 3.3; code agrees).
     l_divisor: float = 4.0
     # L' = (l1*L'_dense + l2*L'_lex + l3*L'_mul) / l_prime_divisor. 3 in the official
-    # code, 1 in the paper (Eq. 9).
+    # code, 1 in the paper (Sec. 3.3).
     l_prime_divisor: float = 3.0
-    # L_final = (L + L') / l_final_divisor (paper Eq. 10; code agrees).
+    # L_final = (L + L') / l_final_divisor (paper Sec. 3.3; code agrees).
     l_final_divisor: float = 2.0
     # Train the lexical and multi-vector heads too (M3's "unified fine-tuning"). When False,
     # only L_dense is optimised, as in the official `unified_finetuning=False`.
@@ -72,7 +72,7 @@ class M3Config:
 
     @classmethod
     def paper(cls, **overrides) -> "M3Config":
-        """The paper's Eqs. 6-10 as printed (arXiv 2402.03216, revision with weights)."""
+        """The paper's Sec. 3.3 formulas as printed (arXiv 2402.03216, revision with weights)."""
         return cls(**{"preset": "paper", "l_prime_divisor": 1.0, **overrides})
 
     @classmethod

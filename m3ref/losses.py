@@ -21,7 +21,7 @@ def group_targets(batch_size: int, group_size: int, offset: int = 0, device=None
 
 
 def info_nce(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """InfoNCE L_s = -log( exp(s(q,p*)/tau) / sum_p exp(s(q,p)/tau) ), mean over queries (paper Eq. 7; ch. 05).
+    """InfoNCE L_s = -log( exp(s(q,p*)/tau) / sum_p exp(s(q,p)/tau) ), mean over queries (paper Sec. 3.3; ch. 05).
 
     scores (B, N) are tau-scaled logits; targets (B,) the positive's column.
     """
@@ -29,7 +29,7 @@ def info_nce(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def self_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """L'_* = -mean_q sum_p softmax(s_inter)_p * log softmax(s_*)_p (paper Eq. 9; ch. 06).
+    """L'_* = -mean_q sum_p softmax(s_inter)_p * log softmax(s_*)_p (paper Sec. 3.3; ch. 06).
 
     The teacher s_inter is detached: it only sets soft targets. This is a cross-entropy
     with soft targets (no entropy term), as in FlagEmbedding's `distill_loss("kl_div")`.
@@ -39,19 +39,19 @@ def self_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
 
 def loss_L(L_dense, L_lex, L_mul, L_inter, config: M3Config):
-    """L = (l1*L_dense + l2*L_lex + l3*L_mul + L_inter) / 4 (paper Eq. 8; ch. 05)."""
+    """L = (l1*L_dense + l2*L_lex + l3*L_mul + L_inter) / 4 (paper Sec. 3.3; ch. 05)."""
     l1, l2, l3 = config.loss_weights
     return (l1 * L_dense + l2 * L_lex + l3 * L_mul + L_inter) / config.l_divisor
 
 
 def loss_L_prime(L_prime_dense, L_prime_lex, L_prime_mul, config: M3Config):
-    """L' = (l1*L'_dense + l2*L'_lex + l3*L'_mul) / c, c = 3 (official) or 1 (paper Eq. 9; ch. 06)."""
+    """L' = (l1*L'_dense + l2*L'_lex + l3*L'_mul) / c, c = 3 (official) or 1 (paper Sec. 3.3; ch. 06)."""
     l1, l2, l3 = config.loss_weights
     return (l1 * L_prime_dense + l2 * L_prime_lex + l3 * L_prime_mul) / config.l_prime_divisor
 
 
 def loss_final(L, L_prime, config: M3Config):
-    """L_final = (L + L') / 2 (paper Eq. 10; ch. 06)."""
+    """L_final = (L + L') / 2 (paper Sec. 3.3; ch. 06)."""
     return (L + L_prime) / config.l_final_divisor
 
 
@@ -90,7 +90,7 @@ def m3_loss(s_dense: torch.Tensor, s_lex: Optional[torch.Tensor], s_mul: Optiona
             targets: torch.Tensor, config: M3Config, step: int = 0,
             teacher_targets: Optional[torch.Tensor] = None, kd_kind: str = "m3_kd_loss",
             dense_loss: Optional[torch.Tensor] = None, group_size: Optional[int] = None) -> dict:
-    """Every term of M3's objective from tau-scaled (B, N) scores (paper Eqs. 6-10).
+    """Every term of M3's objective from tau-scaled (B, N) scores (paper Sec. 3.3).
 
     Returns s_inter, L_dense, L_lex, L_mul, L_inter, L, L_prime (+ its parts) and L_final.
     `dense_loss` replaces L_dense when the trainer computed it over cross-device negatives

@@ -110,7 +110,8 @@ class M3Model(nn.Module):
         return Embeddings(dense=F.normalize(dense, dim=-1), ids=input_ids, weights=weights,
                           colbert=F.normalize(colbert, dim=-1), colbert_mask=colbert_mask)
 
-    def tokenize(self, texts: Sequence[str], max_length: int, mcls_stride: Optional[int] = None) -> list:
+    def tokenize(self, texts: Sequence[str], max_length: int, mcls_stride: Optional[int] = None,
+                 warn: bool = True) -> list:
         """Token ids with <s> ... </s>, truncated to `max_length` (a warning says how many were cut).
 
         With `mcls_stride`, one more <s> is inserted before every `mcls_stride` content tokens
@@ -135,7 +136,7 @@ class M3Model(nn.Module):
                 seq = [cls] + content[:keep] + [eos]
             cut += keep < len(content)
             out.append(seq)
-        if cut:
+        if cut and warn:
             warnings.warn(f"{cut} of {len(texts)} texts were longer than max_length={max_length} tokens "
                           f"and were truncated", stacklevel=3)
         return out
@@ -154,9 +155,10 @@ class M3Model(nn.Module):
             batch["cls_mask"] = (batch["input_ids"] == cls) & batch["attention_mask"].bool()
         return batch
 
-    def embed(self, texts: Sequence[str], max_length: int = 512) -> Embeddings:
-        """Tokenize and encode with gradients (training); padding is per call."""
-        return self(**self.collate(self.tokenize(texts, max_length)))
+    def embed(self, texts: Sequence[str], max_length: int = 512, warn: bool = False) -> Embeddings:
+        """Tokenize and encode with gradients (training); padding is per call. Training
+        truncates to its max lengths silently, as the official trainer does."""
+        return self(**self.collate(self.tokenize(texts, max_length, warn=warn)))
 
     # ---------------------------------------------------------------- inference
     @torch.inference_mode()
@@ -186,7 +188,7 @@ class M3Model(nn.Module):
         if show_progress is None:
             show_progress = len(batches) >= 20
         autocast = torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None and self.device.type == "cuda")
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         for start, end in tqdm(batches, desc="encode", disable=not show_progress):
             idx = order[start:end]
             with autocast:
@@ -247,8 +249,8 @@ class M3Model(nn.Module):
         result = {k: [] for k in keys}
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
-            q = self.embed([p[0] for p in chunk], max_query_length)
-            p = self.embed([p[1] for p in chunk], max_passage_length)
+            q = self.embed([p[0] for p in chunk], max_query_length, warn=True)
+            p = self.embed([p[1] for p in chunk], max_passage_length, warn=True)
             d = s_dense(q.dense, p.dense, pairwise=True)
             s = s_lex(q.ids, q.weights, p.ids, p.weights, self.ignore_ids, pairwise=True)
             c = s_mul(q.colbert, p.colbert, q.colbert_mask, p.colbert_mask, colbert_max_over_padding, pairwise=True)

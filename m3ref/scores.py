@@ -12,7 +12,7 @@ import torch
 
 
 def s_dense(q: torch.Tensor, p: torch.Tensor, pairwise: bool = False) -> torch.Tensor:
-    """Dense score s_dense = <e_q, e_p> (paper Eq. 1; book ch. 01).
+    """Dense score s_dense = <e_q, e_p> (paper Sec. 3.2; book ch. 01).
 
     `q` (B, d) and `p` (N, d) are the L2-normalised [CLS] states, so this is their cosine.
     """
@@ -22,7 +22,7 @@ def s_dense(q: torch.Tensor, p: torch.Tensor, pairwise: bool = False) -> torch.T
 
 
 def lexical_match(q_weights: dict, p_weights: dict) -> float:
-    """Lexical score of two weight dicts: s_lex = sum over t in q∩p of w_qt * w_pt (paper Eq. 3; ch. 02).
+    """Lexical score of two weight dicts: s_lex = sum over t in q∩p of w_qt * w_pt (paper Sec. 3.2; ch. 02).
 
     The literal formula, one pair at a time: the reference the batched `s_lex` and the
     sparse index are tested against.
@@ -34,7 +34,7 @@ def lexical_match(q_weights: dict, p_weights: dict) -> float:
 
 def term_weight_vectors(ids: torch.Tensor, weights: torch.Tensor, ignore_ids: Iterable[int] = (),
                         vocab: torch.Tensor | None = None):
-    """Per text, the max weight of each distinct token id (paper Eq. 2: w_t = ReLU(W_lex^T H[i])).
+    """Per text, the max weight of each distinct token id (paper Sec. 3.2: w_t = ReLU(W_lex^T H[i])).
 
     A term that occurs several times keeps its largest weight. `ignore_ids` (cls, eos, pad,
     unk) get weight 0. The vectors live in the space of the U ids in `vocab` (by default
@@ -54,7 +54,7 @@ def term_weight_vectors(ids: torch.Tensor, weights: torch.Tensor, ignore_ids: It
 
 def s_lex(q_ids: torch.Tensor, q_weights: torch.Tensor, p_ids: torch.Tensor, p_weights: torch.Tensor,
           ignore_ids: Iterable[int] = (), pairwise: bool = False) -> torch.Tensor:
-    """Lexical score, batched and differentiable (paper Eq. 3; ch. 02).
+    """Lexical score, batched and differentiable (paper Sec. 3.2; ch. 02).
 
     q_ids, q_weights: (B, Lq) token ids and ReLU weights; p_ids, p_weights: (N, Lp).
     Both sides are mapped into one shared id space (the U ids present in the batch), so
@@ -70,7 +70,7 @@ def s_lex(q_ids: torch.Tensor, q_weights: torch.Tensor, p_ids: torch.Tensor, p_w
 
 def s_mul(q_vecs: torch.Tensor, p_vecs: torch.Tensor, q_mask: torch.Tensor, p_mask: torch.Tensor,
           max_over_padding: bool = False, pairwise: bool = False) -> torch.Tensor:
-    """Multi-vector score s_mul = 1/N_q * sum_i max_j <E_q[i], E_p[j]> (paper Eq. 4; ch. 03).
+    """Multi-vector score s_mul = 1/N_q * sum_i max_j <E_q[i], E_p[j]> (paper Sec. 3.2; ch. 03).
 
     q_vecs (B, Lq, d) and p_vecs (N, Lp, d) are the normalised ColBERT vectors of the tokens
     after [CLS]. q_mask (B, Lq) and p_mask (N, Lp) are 1 on real tokens. The mean runs over
@@ -95,10 +95,10 @@ def s_mul(q_vecs: torch.Tensor, p_vecs: torch.Tensor, q_mask: torch.Tensor, p_ma
 
 def s_inter(s_dense: torch.Tensor, s_lex: torch.Tensor, s_mul: torch.Tensor,
             weights: Sequence[float] = (1.0, 0.3, 1.0)) -> torch.Tensor:
-    """Integrated score s_inter = w1*s_dense + w2*s_lex + w3*s_mul (paper Eq. 6; ch. 04).
+    """Integrated score s_inter = w1*s_dense + w2*s_lex + w3*s_mul (paper Sec. 3.3; ch. 04).
 
-    Used as the ensemble logit in training (Eq. 8) and as the hybrid rank score s_rank at
-    inference (Eq. 5). The official training code fixes w = (1, 0.3, 1).
+    Used as the ensemble logit in training (Sec. 3.3) and as the hybrid rank score s_rank at
+    inference (Sec. 3.2). The official training code fixes w = (1, 0.3, 1).
     """
     w1, w2, w3 = weights
     return w1 * s_dense + w2 * s_lex + w3 * s_mul
