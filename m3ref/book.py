@@ -28,6 +28,9 @@ def quiet():
     """Silence download/loading progress bars and library chatter in notebook outputs."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+    # tqdm.auto (imported by the hub client) asks for ipywidgets; plain text bars are fine.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     import transformers
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
