@@ -13,6 +13,7 @@ both load it. The build is deterministic for a given seed and takes seconds.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -35,16 +36,17 @@ def sample_texts(source_dir: str = SOURCE_DIR) -> list:
     return texts
 
 
-def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, source_dir: str = SOURCE_DIR):
-    """Train the tiny XLM-R-style tokenizer and return it as a `transformers` fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+@functools.lru_cache(maxsize=4)
+def _train_tokenizer(vocab_size: int, source_dir: str) -> str:
+    """Train the Unigram model once per process; returns its JSON."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     texts = sample_texts(source_dir)
     if not texts:
         raise FileNotFoundError(f"no sample texts in {source_dir}")
     tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
+    # NFKC, and any run of whitespace (newlines too) is one space, as XLM-R's SentencePiece does.
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
@@ -53,6 +55,15 @@ def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, sourc
     tok.add_special_tokens(["<mask>"])  # the last id, as in XLM-R
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return tok.to_str()
+
+
+def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, source_dir: str = SOURCE_DIR):
+    """Train the tiny XLM-R-style tokenizer and return it as a `transformers` fast tokenizer."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_train_tokenizer(vocab_size, os.path.abspath(source_dir)))
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                  cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
                                  model_max_length=8192)

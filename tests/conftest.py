@@ -10,12 +10,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """Path of an untrained tiny checkpoint in the official BGE-M3 layout."""
-    from m3ref.tiny import build_tiny_model
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model(str(path), seed=0)
-    return str(path)
+def tiny_dir():
+    """Path of an untrained tiny checkpoint in the official BGE-M3 layout.
+
+    Built once per content hash of the sample texts and builder (m3ref.book.tiny_model_dir),
+    shared with the notebooks; tests never write into it.
+    """
+    from m3ref.book import tiny_model_dir
+    return tiny_model_dir(seed=0)
 
 
 @pytest.fixture()

@@ -1,0 +1,288 @@
+"""Retrieval with M3's three scores and their hybrids (paper Sec. 3.2 and Sec. 4).
+
+Every `search_*` function returns a run {qid: {docid: score}} that `m3ref.metrics.evaluate`
+consumes. The corpus is encoded once (`Encoded`) and indexed once (`Index`):
+
+- dense:        exact top-k of s_dense = <e_q, e_p> by matrix product (faiss Flat if asked).
+- sparse:       an inverted index (a CSR matrix token id -> postings); s_lex = sum over shared
+                token ids of w_q * w_p, the same number as `scores.lexical_match`.
+- multi-vector: the dense top-k (200 in the paper) re-ranked by s_mul.
+- dense+sparse: union of the dense and sparse top-1000, re-scored w_d*s_dense + w_s*s_lex.
+- all:          the dense top-k re-ranked by w_d*s_dense + w_s*s_lex + w_m*s_mul.
+- bm25:         the BM25 baseline row, with `bm25s` over the model's own subword tokens.
+
+`mine_hard_negatives` re-uses dense search for ANCE-style negatives (paper Sec. 3.4 / A.1).
+Book: the experiments chapter.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import torch
+
+from m3ref.errors import M3Error
+from m3ref.scores import s_dense, s_inter, s_mul
+
+# Hybrid weights of the paper (Sec. 4.1-4.2) and the official eval scripts (notes Sec. 4):
+# "dense+sparse": (w_dense, w_lex); "all": (w_dense, w_lex, w_mul).
+HYBRID_WEIGHTS = {
+    "miracl": {"dense+sparse": (1.0, 0.3), "all": (1.0, 0.3, 1.0)},
+    "mkqa": {"dense+sparse": (1.0, 0.3), "all": (1.0, 0.3, 1.0)},
+    "mldr": {"dense+sparse": (0.2, 0.8), "all": (0.15, 0.5, 0.35)},
+}
+RERANK_K = 200  # multi-vector / all re-rank the dense top-200 (paper footnotes; MLDR script)
+CANDIDATES_K = 1000  # dense+sparse: union of each method's top-1000 (official scripts)
+
+
+@dataclass
+class Encoded:
+    """Texts encoded once with all three heads (the output of `M3Model.encode`, plus ids)."""
+    ids: list[str]
+    dense: np.ndarray  # (N, d) float32, L2-normalised
+    sparse: list[dict[int, float]]  # N dicts token id -> weight
+    colbert: list[np.ndarray] | None = None  # N arrays (n_i, d)
+
+    @classmethod
+    def encode(cls, model, ids, texts, max_length=512, batch_size=32, mcls_stride=None,
+               colbert=True):
+        out = model.encode(list(texts), batch_size=batch_size, max_length=max_length,
+                           return_dense=True, return_sparse=True, return_colbert=colbert,
+                           mcls_stride=mcls_stride)
+        return cls([str(i) for i in ids], out.dense, out.sparse, out.colbert if colbert else None)
+
+
+def lexical_matrix(weights: list[dict[int, float]], vocab_size: int) -> scipy.sparse.csr_matrix:
+    """N dicts {token id: w} -> (N, V) CSR matrix; float64, so sums match `lexical_match`."""
+    entries = [(i, int(t), float(v)) for i, w in enumerate(weights) for t, v in w.items()
+               if int(t) < vocab_size]  # a query id the corpus never uses cannot match
+    rows, cols, vals = zip(*entries) if entries else ((), (), ())
+    return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(weights), vocab_size))
+
+
+class Index:
+    """The corpus side: dense matrix, lexical inverted index, ColBERT vectors.
+
+    Queries are scored in batches against the whole corpus, so a batch of B queries holds
+    (B, N) scores: lower `batch_size` in the `search_*` functions for very large corpora.
+    """
+
+    def __init__(self, corpus: Encoded, use_faiss: bool = False):
+        self.ids = corpus.ids
+        self.dense = torch.as_tensor(np.asarray(corpus.dense, dtype=np.float32))  # (N, d)
+        self.vocab_size = 1 + max((int(t) for w in corpus.sparse for t in w), default=0)
+        # Inverted index: row t of the (V, N) CSR matrix is the postings list of token t.
+        self.postings = lexical_matrix(corpus.sparse, self.vocab_size).T.tocsr()  # (V, N)
+        self.colbert = [torch.as_tensor(c) for c in corpus.colbert or []]
+        self.faiss = None
+        if use_faiss:
+            import faiss  # optional; exact inner-product search like the official scripts
+            self.faiss = faiss.IndexFlatIP(self.dense.shape[1])
+            self.faiss.add(self.dense.numpy())
+
+    def __len__(self):
+        return len(self.ids)
+
+    def dense_scores(self, q_dense) -> torch.Tensor:
+        """s_dense of each query against the whole corpus: (B, d) -> (B, N)."""
+        return s_dense(torch.as_tensor(np.asarray(q_dense, dtype=np.float32)), self.dense)
+
+    def lexical_scores(self, q_sparse: list[dict]) -> torch.Tensor:
+        """s_lex against the whole corpus: each query token adds w_q * postings[t]. (B, N)"""
+        q = lexical_matrix(q_sparse, self.vocab_size)  # (B, V)
+        return torch.from_numpy((q @ self.postings).toarray())  # (B, N) float64
+
+    def mul_scores(self, q_vecs: np.ndarray, cand: list[int], budget: int = 1 << 16) -> torch.Tensor:
+        """s_mul of one query against passages `cand`, padded in chunks of <= `budget` vectors.
+
+        Chunks group passages of similar length, so little padding is computed. -> (len(cand),)
+        """
+        if not self.colbert:
+            raise M3Error("the corpus was encoded without ColBERT vectors (colbert=False)")
+        q = torch.as_tensor(q_vecs)[None]  # (1, Lq, d)
+        q_mask = torch.ones(q.shape[:2], dtype=torch.bool)  # (1, Lq)
+        lengths = [len(self.colbert[c]) for c in cand]
+        out = torch.zeros(len(cand), dtype=torch.float64)
+        for chunk in _chunks(lengths, budget):
+            p = torch.nn.utils.rnn.pad_sequence([self.colbert[cand[i]] for i in chunk],
+                                                batch_first=True)  # (n, Lp, d)
+            p_mask = torch.arange(p.shape[1])[None] < torch.tensor([lengths[i] for i in chunk])[:, None]
+            out[chunk] = s_mul(q, p, q_mask, p_mask)[0].double()  # (n,)
+        return out
+
+
+def _chunks(lengths: list[int], budget: int):
+    """Split positions (sorted by length) into chunks with len(chunk) * longest <= budget."""
+    chunk = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if chunk and (len(chunk) + 1) * lengths[i] > budget:
+            yield chunk
+            chunk = []
+        chunk.append(i)
+    if chunk:
+        yield chunk
+
+
+def _topk(scores: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """Per row, the k best (column, score) pairs, best first. (B, N) -> B lists of min(k, N)"""
+    vals, idx = scores.topk(min(k, scores.shape[1]), dim=1)  # (B, k), (B, k)
+    return [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def search_dense(queries: Encoded, index: Index, k: int = CANDIDATES_K, batch_size: int = 64):
+    """Dense retrieval: exact top-k by s_dense = <e_q, e_p> (paper Sec. 3.2, Eq. 1)."""
+    run = {}
+    if index.faiss is not None:
+        vals, idx = index.faiss.search(np.asarray(queries.dense, dtype=np.float32), min(k, len(index)))
+        for qid, row, val in zip(queries.ids, idx, vals):
+            run[qid] = {index.ids[j]: float(v) for j, v in zip(row, val) if j >= 0}
+        return run
+    for b in _batches(len(queries.ids), batch_size):
+        scores = index.dense_scores(queries.dense[b])  # (B, N)
+        for qid, top in zip(queries.ids[b], _topk(scores, k)):
+            run[qid] = {index.ids[j]: s for j, s in top}
+    return run
+
+
+def search_sparse(queries: Encoded, index: Index, k: int = CANDIDATES_K, batch_size: int = 64):
+    """Lexical retrieval: top-k by s_lex over the inverted index (paper Sec. 3.2, Eq. 3).
+
+    Like a Lucene impact index, only passages that share a token with the query are returned.
+    (The official script quantises weights to ceil(100 w) for Lucene; we keep exact floats.)
+    """
+    run = {}
+    for b in _batches(len(queries.ids), batch_size):
+        scores = index.lexical_scores(queries.sparse[b])  # (B, N)
+        for qid, top in zip(queries.ids[b], _topk(scores, k)):
+            run[qid] = {index.ids[j]: s for j, s in top if s > 0}
+    return run
+
+
+def search_multivec(queries: Encoded, index: Index, k: int = RERANK_K, batch_size: int = 64):
+    """Multi-vector retrieval: re-rank the dense top-k by s_mul (paper Sec. 3.2, Eq. 4)."""
+    return search_all(queries, index, weights=(0.0, 0.0, 1.0), k=k, batch_size=batch_size)
+
+
+def search_all(queries: Encoded, index: Index, weights=(1.0, 0.3, 1.0), k: int = RERANK_K,
+               batch_size: int = 64):
+    """"All": re-rank the dense top-k by w_d*s_dense + w_s*s_lex + w_m*s_mul (s_rank, Eq. 5).
+
+    The official `compute_score` also divides by w_d + w_s + w_m; that does not change the
+    ranking, so we leave it out.
+    """
+    w_s, w_m = weights[1:]
+    run = {}
+    for b in _batches(len(queries.ids), batch_size):
+        dense = index.dense_scores(queries.dense[b]).double()  # (B, N)
+        lex = index.lexical_scores(queries.sparse[b]) if w_s else torch.zeros_like(dense)  # (B, N)
+        for i, (qid, top) in enumerate(zip(queries.ids[b], _topk(dense, k))):
+            cand = [j for j, _ in top]
+            mul = index.mul_scores(queries.colbert[b][i], cand) if w_m else 0.0  # (k,)
+            score = s_inter(dense[i, cand], lex[i, cand], mul, weights)  # (k,)
+            run[qid] = {index.ids[j]: float(s) for j, s in zip(cand, score)}
+    return run
+
+
+def search_dense_sparse(queries: Encoded, index: Index, weights=(1.0, 0.3), k: int = CANDIDATES_K,
+                        batch_size: int = 64):
+    """"Dense+Sparse": union of the dense and sparse top-k, scored w_d*s_dense + w_s*s_lex.
+
+    Both scores are computed exactly for every candidate; the official script scored a
+    candidate found by only one side with 0 for the other side (notes Sec. 4).
+    """
+    w_d, w_s = weights
+    run = {}
+    for b in _batches(len(queries.ids), batch_size):
+        dense = index.dense_scores(queries.dense[b]).double()  # (B, N)
+        lex = index.lexical_scores(queries.sparse[b])  # (B, N)
+        hybrid = (w_d * dense + w_s * lex).numpy()  # (B, N)
+        for row, qid, d_top, l_top in zip(hybrid, queries.ids[b], _topk(dense, k), _topk(lex, k)):
+            cand = {j for j, _ in d_top} | {j for j, s in l_top if s > 0}
+            run[qid] = {index.ids[j]: float(row[j]) for j in cand}
+    return run
+
+
+def search_bm25(qids, query_texts, pids, passage_texts, tokenizer, k: int = CANDIDATES_K,
+                k1: float = 0.9, b: float = 0.4):
+    """BM25 baseline with `bm25s`, on the subword tokens of the model's own tokenizer.
+
+    The paper's BM25 rows come from Lucene (Pyserini, k1=0.9, b=0.4) with language-specific
+    analysers: words, lower-casing, stemming and stop words. Here a "term" is an XLM-R
+    SentencePiece id: the same for every script (no word segmenter needed for zh/ja/th), but
+    no stemming, no stop-word list, case-sensitive, and rare words split into pieces, so the
+    numbers are close to, not equal to, the paper's.
+    """
+    import bm25s
+
+    def tokens(texts):  # token ids as strings: bm25s treats each one as a term
+        ids = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        return [[str(t) for t in row] for row in ids]
+
+    pids = [str(p) for p in pids]
+    retriever = bm25s.BM25(k1=k1, b=b, method="lucene")
+    retriever.index(tokens(passage_texts), show_progress=False)
+    idx, vals = retriever.retrieve(tokens(query_texts), k=min(k, len(pids)), show_progress=False)
+    return {str(q): {pids[j]: float(v) for j, v in zip(row, val) if v > 0}
+            for q, row, val in zip(qids, idx, vals)}
+
+
+def mine_hard_negatives(model, train_jsonl, out_jsonl, corpus=None, rank_range=(2, 200), n_neg=7,
+                        seed=0, batch_size=32, max_query_length=512, max_passage_length=512):
+    """ANCE-style hard negatives (paper Sec. 3.4 / A.1: 7 negatives mined with the model).
+
+    For each row {"query", "pos", "neg", ...} of `train_jsonl`, retrieve the dense ranking of
+    `corpus` (a list of texts; default: every pos and neg text of the file), keep ranks
+    rank_range[0] .. rank_range[1]-1 (0-based, like the official `--range_for_sampling 2-200`), drop
+    positives and the query itself, sample `n_neg` of them (topped up with random corpus
+    passages when too few), and write the rows with the new "neg" to `out_jsonl` in the
+    official fine-tuning format. Stale "neg_scores" are dropped. The file is written
+    atomically: on any error nothing is left at `out_jsonl`. Returns the number of rows.
+    """
+    from m3ref.data import write_jsonl_atomic
+
+    lo, hi = rank_range
+    rows = []
+    with open(train_jsonl, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                assert isinstance(row["query"], str) and isinstance(row["pos"], list)
+            except (ValueError, KeyError, TypeError, AssertionError):
+                raise M3Error(f"{train_jsonl}:{n}: expected JSON with 'query' and 'pos' list") from None
+            rows.append(row)
+    if corpus is None:  # unique texts in order of first appearance
+        corpus = list(dict.fromkeys(t for r in rows for t in r["pos"] + r.get("neg", [])))
+    corpus = list(corpus)
+    if not rows or not corpus:
+        raise M3Error(f"{train_jsonl}: no training rows or empty corpus")
+
+    def encode(texts, max_length):
+        return model.encode(texts, batch_size=batch_size, max_length=max_length, return_dense=True,
+                            return_sparse=False, return_colbert=False).dense
+
+    p = torch.as_tensor(np.asarray(encode(corpus, max_passage_length), dtype=np.float32))  # (N, d)
+    q = torch.as_tensor(np.asarray(encode([r["query"] for r in rows], max_query_length),
+                                   dtype=np.float32))  # (B, d)
+    ranked = _topk(s_dense(q, p), hi)  # B lists of (passage, score), best first
+    rng = random.Random(seed)
+    out = []
+    for row, top in zip(rows, ranked):
+        banned = set(row["pos"]) | {row["query"]}
+        cand = [t for t in dict.fromkeys(corpus[j] for j, _ in top[lo:hi]) if t not in banned]
+        neg = rng.sample(cand, n_neg) if len(cand) > n_neg else cand
+        if len(neg) < n_neg:  # too few in range: random passages, as the official miner does
+            pool = [t for t in dict.fromkeys(corpus) if t not in banned and t not in neg]
+            neg += rng.sample(pool, min(n_neg - len(neg), len(pool)))
+        out.append({**{k: v for k, v in row.items() if k != "neg_scores"}, "neg": neg})
+    write_jsonl_atomic(out_jsonl, out)
+    return len(out)
