@@ -67,7 +67,10 @@ class M3Config:
 
     @classmethod
     def official(cls, **overrides) -> "M3Config":
-        """The official code's constants (FlagEmbedding 1.4.2, `m3/modeling.py`)."""
+        """The official code's constants (FlagEmbedding 1.4.2, `m3/modeling.py`).
+
+        The official batched ColBERT max over padding is a quirk, not a constant, so it stays
+        off here: pass `colbert_max_over_padding=True` to reproduce it too."""
         return cls(**{"preset": "official", **overrides})
 
     @classmethod

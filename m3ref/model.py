@@ -236,7 +236,8 @@ class M3Model(nn.Module):
         floats. Pairs are batched in input order, as the official code does.
         `colbert_max_over_padding=True` reproduces its batch-dependent ColBERT max.
         """
-        single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        # one pair, as a tuple or a 2-list of strings (as FlagEmbedding accepts it)
+        single = isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
         pairs = [pairs] if single else list(pairs)
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):

@@ -36,7 +36,8 @@ def term_weight_vectors(ids: torch.Tensor, weights: torch.Tensor, ignore_ids: It
                         vocab: torch.Tensor | None = None):
     """Per text, the max weight of each distinct token id (paper Sec. 3.2: w_t = ReLU(W_lex^T H[i])).
 
-    A term that occurs several times keeps its largest weight. `ignore_ids` (cls, eos, pad,
+    A term that occurs several times keeps its largest weight. Weights must be >= 0 (they
+    are ReLU outputs): the max starts from 0. `ignore_ids` (cls, eos, pad,
     unk) get weight 0. The vectors live in the space of the U ids in `vocab` (by default
     the ids in `ids`), not in the full vocabulary. With XLM-R's 250k vocabulary, the
     (B, L, V) tensor of the official training code is what runs out of memory.

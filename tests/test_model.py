@@ -76,6 +76,7 @@ def test_compute_score_single_pair_batch_and_weights(tiny_model):
     one = tiny_model.compute_score(pairs[1], weights=(0.4, 0.2, 0.4))
     assert set(many) == {"dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"}
     assert one["dense"] == pytest.approx(many["dense"][1], abs=1e-6)
+    assert tiny_model.compute_score(list(pairs[1]))["dense"] == pytest.approx(one["dense"], abs=1e-7)
     d, s, c = (many[k][0] for k in ("dense", "sparse", "colbert"))
     assert many["sparse+dense"][0] == pytest.approx((0.2 * s + 0.4 * d) / 0.6, abs=1e-6)
     assert many["colbert+sparse+dense"][0] == pytest.approx(0.4 * c + 0.2 * s + 0.4 * d, abs=1e-6)
