@@ -28,7 +28,7 @@ class M3Config:
     # official `ensemble_score` hard-codes (1, 0.3, 1).
     ensemble_weights: tuple[float, float, float] = (1.0, 0.3, 1.0)
     # lambda = (l1, l2, l3), the weights of the dense, lexical and multi-vector losses in
-    # L and L' (paper Sec. 3.3). The lexical loss gets 0.1 because its raw scale is larger.
+    # L and L' (paper Sec. 3.3). The lexical score is not normalised (unbounded), and gets 0.1.
     loss_weights: tuple[float, float, float] = (1.0, 0.1, 1.0)
     # L = (l1*L_dense + l2*L_lex + l3*L_mul + L_inter) / l_divisor (paper Sec. 3.3; code agrees).
     l_divisor: float = 4.0

@@ -64,7 +64,7 @@ def local_group_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def teacher_kd_loss(scores: torch.Tensor, teacher_targets: torch.Tensor, group_size: int,
                     kind: str = "m3_kd_loss") -> torch.Tensor:
-    """Distillation from teacher scores (official `kd_loss_type`; ch. 07).
+    """Distillation from teacher scores (official `kd_loss_type`; ch. 05).
 
     teacher_targets (B, G) = softmax of the teacher's scores over each group.
     * `kl_div`: -mean sum t*log_softmax(local (B, G) scores), plus the ordinary InfoNCE.

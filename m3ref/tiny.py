@@ -73,8 +73,15 @@ def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, sourc
 
 
 def build_tiny_model(out_dir: str, seed: int = 0, hidden_size: int = 128, num_layers: int = 2,
-                     num_heads: int = 4, tokenizer=None):
-    """Build, save (official layout) and return an untrained tiny M3 model."""
+                     num_heads: int = 4, tokenizer=None, initializer_range: float = 0.2):
+    """Build, save (official layout) and return an untrained tiny M3 model.
+
+    `initializer_range` is 0.2, not XLM-R's 0.02. With 0.02, an untrained 2-layer encoder's
+    [CLS] state is almost only its position embedding: every text gets the same dense vector
+    (cosine 0.9999) and the dense loss barely has a gradient. BGE-M3 starts from a pretrained
+    encoder, whose [CLS] depends on the input. With 0.2 the [CLS] of our stand-in does too
+    (mean pairwise cosine about 0.7 on the samples), so the dense head can learn from scratch.
+    """
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     from .model import M3Model
@@ -84,7 +91,7 @@ def build_tiny_model(out_dir: str, seed: int = 0, hidden_size: int = 128, num_la
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, intermediate_size=4 * hidden_size,
         max_position_embeddings=8194, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        layer_norm_eps=1e-5)
+        layer_norm_eps=1e-5, initializer_range=initializer_range)
     torch.manual_seed(seed)
     encoder = XLMRobertaModel(config, add_pooling_layer=False)
     model = M3Model(encoder, tokenizer)
