@@ -1,0 +1,189 @@
+"""Data-parallel training across processes (paper Sec. 3.4; book ch. 09).
+
+`setup()` is nanoGPT's DDP block: under `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) it
+joins the process group, NCCL on GPUs, gloo on CPU, with a timeout so that a rank that dies
+makes the others fail instead of hang. Multi-node runs use torchrun's rendezvous.
+
+Cross-device negatives: each rank scores its queries against the passages of *all* ranks,
+so a batch of B queries per rank sees W*B*G candidates. `all_gather_with_grad` gathers the
+passage embeddings; its backward sums every rank's gradient for each slice and hands each
+rank the gradient of its own slice, so W ranks compute exactly the gradient of one process
+holding the concatenated batch. The official code (`_dist_gather_tensor`) gathers queries
+and passages without gradient, puts its own tensors back (`local_grad_only=True`) and
+computes the loss of all W*B queries on every rank: after gradients are averaged over ranks
+this is the exact gradient divided by W (tests/test_distributed.py checks it). In unified
+fine-tuning only L_dense is computed that way, so (read from the code, not run) its gradient
+weighs 1/W against the in-batch terms L_lex, L_mul, L_inter and L'.
+
+Gradients are averaged explicitly (`average_gradients`) once per optimizer step instead of
+through `DistributedDataParallel`: one M3 step calls the encoder several times (queries,
+passages, sub-batches) and the dense-only stage leaves the heads without gradients, which
+DDP would need `find_unused_parameters` and `no_sync` bookkeeping for. The maths is that of
+DDP with `no_sync` during gradient accumulation.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import M3Config
+from .losses import group_targets, info_nce, m3_loss, teacher_kd_loss
+from .model import Embeddings, m3_scores
+from .scores import s_dense
+
+CROSS_DEVICE = ("none", "dense", "all")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def master(self) -> bool:  # rank 0 logs and writes checkpoints
+        return self.rank == 0
+
+
+def setup(timeout_s: float = 600.0, use_cuda: Optional[bool] = None) -> DistEnv:
+    """Join torchrun's process group if there is one; else a single process."""
+    use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
+    if int(os.environ.get("RANK", -1)) == -1:  # plain `python -m m3ref.train`
+        return DistEnv(device="cuda" if use_cuda else "cpu")
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    return DistEnv(rank, local_rank, world_size, device)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        dist.barrier()
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward returns the sum over ranks of the gradient of own slice."""
+
+    @staticmethod
+    def forward(ctx, t):
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)  # (W*N, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on every slice
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
+def all_gather_with_grad(t: torch.Tensor, local_grad_only: bool = False) -> torch.Tensor:
+    """Concatenate `t` (N, ...) of all ranks in rank order -> (W*N, ...), differentiable.
+
+    Same N on every rank. `local_grad_only=True` is the official variant: gather without
+    gradient, then put the local tensor back in its slot.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    if not local_grad_only:
+        return _AllGather.apply(t)
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[dist.get_rank()] = t
+    return torch.cat(parts)
+
+
+def pad_embeddings(e: Embeddings, length: int, pad_id: int) -> Embeddings:
+    """Right-pad token dimension L to `length` (colbert to length-1), as `Embeddings.cat` does."""
+    extra = length - e.ids.shape[1]
+    if extra == 0:
+        return e
+    return Embeddings(dense=e.dense, ids=F.pad(e.ids, (0, extra), value=pad_id),
+                      weights=F.pad(e.weights, (0, extra)), colbert=F.pad(e.colbert, (0, 0, 0, extra)),
+                      colbert_mask=F.pad(e.colbert_mask, (0, extra)))
+
+
+def gather_embeddings(e: Embeddings, pad_id: int, local_grad_only: bool = False) -> Embeddings:
+    """Embeddings of all ranks, (W*N, ...); lengths are padded to the longest rank first."""
+    length = torch.tensor([e.ids.shape[1]], device=e.ids.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    e = pad_embeddings(e, int(length), pad_id)
+    g = lambda t: all_gather_with_grad(t, local_grad_only)  # noqa: E731
+    return Embeddings(dense=g(e.dense), ids=g(e.ids), weights=g(e.weights), colbert=g(e.colbert),
+                      colbert_mask=g(e.colbert_mask))
+
+
+def m3_loss_across_ranks(q: Embeddings, p: Embeddings, config: M3Config, ignore_ids: Sequence[int],
+                         pad_id: int, group_size: int, step: int = 0, teacher: Optional[torch.Tensor] = None,
+                         kd_kind: str = "m3_kd_loss", cross_device: str = "dense") -> dict:
+    """Every loss term of this rank's B queries, with negatives from all ranks (ch. 09).
+
+    q: (B, ...) queries, p: (B*G, ...) their groups, positive first. `cross_device`:
+    "none" = in-batch negatives of this rank only; "dense" = the official choice, the dense
+    loss over the W*B*G passages of all ranks, lexical / multi-vector / ensemble in-batch;
+    "all" = every mode over all ranks. Labels are offset by rank: query i's positive is
+    column rank*B*G + i*G. `teacher` (B, G): teacher-score targets (`kd_kind`).
+    """
+    B, G = q.dense.shape[0], group_size
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if cross_device not in CROSS_DEVICE:
+        raise ValueError(f"cross_device must be one of {CROSS_DEVICE}, got {cross_device!r}")
+    local = dict(targets=group_targets(B, G, device=q.dense.device), config=config, step=step,
+                 teacher_targets=teacher, kd_kind=kd_kind, group_size=G)
+    if world == 1 or cross_device == "none":
+        return m3_loss(**m3_scores(q, p, config, ignore_ids), **local)
+    offset = dist.get_rank() * B * G
+    if teacher is None:  # labels offset by rank: columns are all ranks' passages in rank order
+        targets, order = group_targets(B, G, offset, device=q.dense.device), (lambda s: s)
+    else:  # teacher_kd_loss finds query b's group at column b*G: roll this rank's block first
+        targets, order = local["targets"], (lambda s: s.roll(-offset, dims=1))
+    if cross_device == "all":
+        scores = m3_scores(q, gather_embeddings(p, pad_id), config, ignore_ids)  # (B, W*B*G)
+        scores = {k: None if v is None else order(v) for k, v in scores.items()}
+        return m3_loss(**scores, **{**local, "targets": targets})
+    s_all = order(s_dense(q.dense, all_gather_with_grad(p.dense)) / config.temperature)  # (B, W*B*G)
+    dense_loss = info_nce(s_all, targets) if teacher is None else teacher_kd_loss(s_all, teacher, G, kd_kind)
+    return m3_loss(**m3_scores(q, p, config, ignore_ids), **local, dense_loss=dense_loss)  # (B, B*G) scores
+
+
+def average_gradients(params, world_size: int) -> None:
+    """grad <- mean over ranks (one flat all-reduce; parameters without grad are skipped)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world_size == 1 or not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size
+    for g, avg in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(avg)
+
+
+def mean_across_ranks(values: Sequence[float], device) -> list:
+    """Average a few floats (logged losses) over ranks."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+def broadcast_parameters(model, env: DistEnv) -> None:
+    """Make every rank start from rank 0's weights (fresh heads are random)."""
+    if env.world_size > 1:
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)

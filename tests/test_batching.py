@@ -1,0 +1,127 @@
+"""m3ref.batching: length buckets, the shared-seed sampler, split-batch == full batch (ch. 08)."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from m3ref.batching import (BucketSampler, auto_sub_batch_size, batch_size_for, bucket_bounds, enable_checkpointing,
+                            length_bucket, make_buckets)
+from m3ref.config import M3Config
+from m3ref.errors import M3Error
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Paper Table 9 / legacy per-GPU fine-tuning batch sizes (G=8), keyed by bucket start.
+TABLE9 = {0: 48, 500: 32, 1000: 20, 2000: 18, 3000: 14, 4000: 14, 5000: 12, 6000: 10, 7000: 8}
+
+
+def test_bucket_names_and_batch_size_table():
+    assert bucket_bounds("msmarco_len-0-500") == (0, 500)
+    assert bucket_bounds("mldr_len-7000-inf") == (7000, math.inf)
+    assert bucket_bounds("plain") is None
+    assert [batch_size_for(lo, TABLE9) for lo in (0, 500, 700, 1000, 7000)] == [48, 32, 32, 20, 8]
+    assert batch_size_for(3000, 6) == 6
+    assert length_bucket(499) == 0 and length_bucket(500) == 500 and length_bucket(9000) == 7000
+    assert auto_sub_batch_size(8192) == 1 and auto_sub_batch_size(128) == 32
+
+
+def _epoch(sizes, batch_sizes, world, seed=3, drop_last=False):
+    """One epoch of every rank's batches: [[Batch of rank 0, Batch of rank 1, ...] per step]."""
+    samplers = [BucketSampler(sizes, batch_sizes, world, r, seed, drop_last) for r in range(world)]
+    return [[next(s) for s in samplers] for _ in range(len(samplers[0]))]
+
+
+def test_sampler_same_bucket_disjoint_ranks_full_coverage():
+    sizes, bs, world = [10, 7, 3], [2, 1, 1], 2  # 10 % 4, 7 % 2, 3 % 2 leave incomplete batches
+    steps = _epoch(sizes, bs, world)
+    seen = {b: set() for b in range(len(sizes))}
+    for ranks in steps:
+        assert len({r.bucket for r in ranks}) == 1  # every rank draws from the same bucket
+        b = ranks[0].bucket
+        assert all(len(r.indices) == bs[b] for r in ranks)
+        assert not set(ranks[0].indices) & set(ranks[1].indices)  # disjoint slices
+        for r in ranks:
+            seen[b] |= set(r.indices)
+    assert all(seen[b] == set(range(n)) for b, n in enumerate(sizes))  # the whole epoch is used
+
+
+def test_sampler_exactly_once_when_sizes_divide_and_drop_last():
+    sizes, bs, world = [8, 6, 2], [2, 1, 1], 2
+    used = [(r.bucket, i) for ranks in _epoch(sizes, bs, world) for r in ranks for i in r.indices]
+    assert sorted(used) == sorted((b, i) for b, n in enumerate(sizes) for i in range(n))
+    steps = _epoch([10, 7, 3], [2, 1, 1], 2, drop_last=True)  # the official rule: 2 + 3 + 1 batches
+    assert len(steps) == 6 and all(len(r.indices) == [2, 1, 1][r.bucket] for s in steps for r in s)
+    with pytest.raises(M3Error, match="no complete batch"):
+        BucketSampler([3], [2], world_size=2, drop_last=True)
+
+
+def test_sampler_state_resumes_exactly_across_epochs():
+    a = BucketSampler([5, 4], [2, 1], world_size=1, seed=7)
+    for _ in range(4):
+        next(a)
+    b = BucketSampler([5, 4], [2, 1], world_size=1, seed=0)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))  # state survives JSON
+    for _ in range(2 * len(a) + 1):  # past two epoch boundaries
+        assert next(a) == next(b)
+    assert a.epoch == 2
+    assert next(BucketSampler([50], [5], seed=1)) != next(BucketSampler([50], [5], seed=2))  # the seed matters
+
+
+def test_make_buckets_by_file_tag_or_token_length():
+    class Tok:  # one token per word, as a stand-in tokenizer
+        def __call__(self, texts):
+            return {"input_ids": [t.split() for t in texts]}
+    rows = [{"query": "q", "pos": ["w " * n], "neg": []} for n in (3, 12, 25, 5)]
+    buckets = make_buckets({"tagged_len-0-500": rows, "plain": rows}, Tok(), edges=[0, 10, 20])
+    assert [(name, lo, len(r)) for name, lo, r in buckets] == [
+        ("tagged_len-0-500", 0, 4), ("plain_len-0", 0, 2), ("plain_len-10", 10, 1), ("plain_len-20", 20, 1)]
+
+
+@pytest.fixture(scope="module")
+def nodrop_dir(tiny_dir, tmp_path_factory):
+    """The tiny checkpoint with dropout 0, for exact gradient comparisons."""
+    path = tmp_path_factory.mktemp("nodrop") / "model"
+    shutil.copytree(tiny_dir, path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return str(path)
+
+
+def _loss_and_grads(model, sub_batch_size):
+    from m3ref.train import TrainConfig, batch_loss
+    queries = ["why is the sky blue", "capital of France", "how do bees make honey"]
+    passages = [["Rayleigh scattering of sunlight makes the sky look blue to us.", "Paris is big."],
+                ["Paris is the capital and largest city of France.", "Bees live in hives and dance."],
+                ["Bees turn nectar into honey by evaporation and enzymes in the hive.", "Blue whales."]]
+    cfg = TrainConfig(train_data=".", query_max_len=16, passage_max_len=32, sub_batch_size=sub_batch_size)
+    model.zero_grad(set_to_none=True)
+    out = batch_loss(model, queries, passages, None, cfg, M3Config(), step=0)
+    out["L_final"].backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_split_batch_with_checkpointing_equals_full_batch(nodrop_dir):
+    from m3ref import M3Model
+    model = M3Model.from_pretrained(nodrop_dir, device="cpu").train()
+    full, g_full = _loss_and_grads(model, None)
+    enable_checkpointing(model)
+    calls = []
+    model.encoder.encoder.layer[0].intermediate.register_forward_hook(lambda *_: calls.append(1))
+    split, g_split = _loss_and_grads(model, 2)  # 3 queries -> 2 + 1, 6 passages -> 2 + 2 + 2
+    assert len(calls) == 2 * 5  # 5 sub-batches, each layer run again in backward (checkpointing)
+    for k in ("L_final", "L_dense", "L_lex", "L_mul", "L_prime"):
+        assert split[k].item() == pytest.approx(full[k].item(), rel=1e-5, abs=1e-6), k
+    assert g_split.keys() == g_full.keys() and len(g_full) > 30
+    for name, g in g_full.items():
+        torch.testing.assert_close(g_split[name], g, rtol=1e-4, atol=1e-5, msg=name)
