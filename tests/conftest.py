@@ -1,5 +1,7 @@
 """Shared fixtures: one tiny M3 checkpoint per test session (built offline in seconds)."""
+import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -25,3 +27,25 @@ def tiny_model(tiny_dir):
     """A fresh M3Model on CPU in eval mode (dropout off), loaded from `tiny_dir`."""
     from m3ref import M3Model
     return M3Model.from_pretrained(tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def nodrop_dir(tiny_dir, tmp_path_factory):
+    """The tiny checkpoint with dropout 0, for exact gradient comparisons."""
+    path = tmp_path_factory.mktemp("nodrop") / "model"
+    shutil.copytree(tiny_dir, path)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy machine.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,7 +1,6 @@
 """m3ref.batching: length buckets, the shared-seed sampler, split-batch == full batch (ch. 08)."""
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -12,13 +11,7 @@ from m3ref.config import M3Config
 from m3ref.errors import M3Error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Paper Table 9 / legacy per-GPU fine-tuning batch sizes (G=8), keyed by bucket start.
@@ -87,15 +80,6 @@ def test_make_buckets_by_file_tag_or_token_length():
         ("tagged_len-0-500", 0, 4), ("plain_len-0", 0, 2), ("plain_len-10", 10, 1), ("plain_len-20", 20, 1)]
 
 
-@pytest.fixture(scope="module")
-def nodrop_dir(tiny_dir, tmp_path_factory):
-    """The tiny checkpoint with dropout 0, for exact gradient comparisons."""
-    path = tmp_path_factory.mktemp("nodrop") / "model"
-    shutil.copytree(tiny_dir, path)
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(cfg))
-    return str(path)
 
 
 def _loss_and_grads(model, sub_batch_size):

@@ -5,9 +5,7 @@ gradients compute the loss and gradients of 1 process holding the whole batch. T
 runs in float64 with dropout 0, so "equal" means equal to ~1e-14 (float32 padding noise
 would be ~1e-6).
 """
-import json
 import os
-import shutil
 import socket
 import time
 from datetime import timedelta
@@ -37,13 +35,7 @@ SCENARIOS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:
@@ -109,14 +101,6 @@ def _worker(rank, port, model_dir, out_dir):
     torch.save(results, os.path.join(out_dir, "rank0.pt"))
 
 
-@pytest.fixture(scope="module")
-def nodrop_dir(tiny_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("nodrop") / "model"
-    shutil.copytree(tiny_dir, path)
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(cfg))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
