@@ -30,7 +30,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .config import M3Config
 from .losses import group_targets, info_nce, m3_loss, teacher_kd_loss
@@ -108,21 +107,11 @@ def all_gather_with_grad(t: torch.Tensor, local_grad_only: bool = False) -> torc
     return torch.cat(parts)
 
 
-def pad_embeddings(e: Embeddings, length: int, pad_id: int) -> Embeddings:
-    """Right-pad token dimension L to `length` (colbert to length-1), as `Embeddings.cat` does."""
-    extra = length - e.ids.shape[1]
-    if extra == 0:
-        return e
-    return Embeddings(dense=e.dense, ids=F.pad(e.ids, (0, extra), value=pad_id),
-                      weights=F.pad(e.weights, (0, extra)), colbert=F.pad(e.colbert, (0, 0, 0, extra)),
-                      colbert_mask=F.pad(e.colbert_mask, (0, extra)))
-
-
 def gather_embeddings(e: Embeddings, pad_id: int, local_grad_only: bool = False) -> Embeddings:
     """Embeddings of all ranks, (W*N, ...); lengths are padded to the longest rank first."""
     length = torch.tensor([e.ids.shape[1]], device=e.ids.device)
     dist.all_reduce(length, op=dist.ReduceOp.MAX)
-    e = pad_embeddings(e, int(length), pad_id)
+    e = e.pad(int(length), pad_id)
     g = lambda t: all_gather_with_grad(t, local_grad_only)  # noqa: E731
     return Embeddings(dense=g(e.dense), ids=g(e.ids), weights=g(e.weights), colbert=g(e.colbert),
                       colbert_mask=g(e.colbert_mask))

@@ -48,20 +48,22 @@ class Embeddings:
     colbert: torch.Tensor  # (B, L-1, d') zero on padding
     colbert_mask: torch.Tensor  # (B, L-1) 1 on real tokens after [CLS]
 
+    def pad(self, length: int, pad_id: int) -> "Embeddings":
+        """Right-pad the token dimension L to `length` (ColBERT rows to length - 1)."""
+        extra = length - self.ids.shape[1]
+        if extra == 0:
+            return self
+        return Embeddings(dense=self.dense, ids=F.pad(self.ids, (0, extra), value=pad_id),
+                          weights=F.pad(self.weights, (0, extra)), colbert=F.pad(self.colbert, (0, 0, 0, extra)),
+                          colbert_mask=F.pad(self.colbert_mask, (0, extra)))
+
     @staticmethod
     def cat(parts: Sequence["Embeddings"], pad_id: int) -> "Embeddings":
         """Concatenate sub-batches along B, padding L to the longest one."""
         length = max(p.ids.shape[1] for p in parts)
-        out = {}
-        for name, value in (("ids", pad_id), ("weights", 0.0), ("colbert", 0.0), ("colbert_mask", 0)):
-            tensors = []
-            for p in parts:
-                t = getattr(p, name)
-                target = length - 1 if name.startswith("colbert") else length
-                widths = (0, 0) * (t.dim() - 2) + (0, target - t.shape[1])
-                tensors.append(F.pad(t, widths, value=value))
-            out[name] = torch.cat(tensors)
-        return Embeddings(dense=torch.cat([p.dense for p in parts]), **out)
+        parts = [p.pad(length, pad_id) for p in parts]
+        return Embeddings(*(torch.cat([getattr(p, name) for p in parts])
+                            for name in ("dense", "ids", "weights", "colbert", "colbert_mask")))
 
 
 class M3Model(nn.Module):
