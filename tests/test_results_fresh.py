@@ -1,0 +1,41 @@
+"""book/results/experiments.json must match the files that produced it (configs, data, source).
+
+The fingerprint (benchmarks/experiments/fingerprint.py) hashes configs/experiments/*.yaml, the
+sample data, the m3ref source with docstrings and comments stripped, and the experiment runner.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "book" / "results" / "experiments.json"
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+import fingerprint as FP  # noqa: E402
+
+WHAT = {"configs": "configs/experiments/*.yaml", "data": "data_samples/train or data_samples/eval",
+        "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py"}
+
+
+def test_results_exist():
+    assert RESULTS.is_file(), f"{RESULTS.relative_to(ROOT)} is missing; regenerate it: {FP.REGENERATE}"
+
+
+def test_results_fresh():
+    if not RESULTS.is_file():
+        pytest.skip("no results file (see test_results_exist)")
+    stored = json.loads(RESULTS.read_text())["fingerprint"]
+    now = FP.fingerprint()
+    changed = [part for part in now if stored.get(part) != now[part]]
+    assert not changed, ("book/results/experiments.json is stale: changed since it was produced: "
+                         + "; ".join(f"{p} ({WHAT[p]})" for p in changed)
+                         + f". Regenerate it (CPU, tens of minutes): {FP.REGENERATE} "
+                           "then re-execute book/12_experiments.ipynb")
+
+
+def test_docstring_edits_do_not_count():
+    a = 'def f(x):\n    """Doc."""\n    return x + 1  # comment\n'
+    b = 'def f(x):\n    """Other doc,\n    longer."""\n\n    return x + 1\n'
+    c = 'def f(x):\n    return x + 2\n'
+    assert FP.code_digest(a) == FP.code_digest(b) != FP.code_digest(c)
