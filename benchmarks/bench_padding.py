@@ -1,0 +1,108 @@
+"""Padding share of training batches: length-grouped (m3ref.batching) vs random batches.
+
+The training path of `m3ref.train`: `load_train_data` -> `make_buckets` (one bucket per
+`*_len-lo-hi` file) -> `BucketSampler` (each batch from one bucket, Table-9 batch sizes) ->
+`groups_of` (query + G passages) -> `M3Model.tokenize` / `collate` (pad to the longest text).
+"Random" batches use the same batch sizes, in the same order, over the same examples pooled
+from all buckets and shuffled, so the only difference is the grouping by length.
+
+padding share = padding tokens / all tokens of the padded (queries + passages) tensors, over
+whole epochs. With split-batch (`sub_batch_size`) `m3ref.batching.encode` trims every
+sub-batch to its own longest text; that share is reported too.
+"""
+from __future__ import annotations
+
+import random
+
+try:
+    from . import common as C
+except ImportError:  # run as a script
+    import common as C
+
+# Paper Table 9 / legacy per-GPU fine-tuning batch sizes (G = 8), by bucket start.
+TABLE9 = {0: 48, 500: 32, 1000: 20, 2000: 18, 3000: 14, 4000: 14, 5000: 12, 6000: 10, 7000: 8}
+
+SIZES = {
+    "quick": dict(data=C.FINETUNE_DIR, group_size=8, query_max_len=512, passage_max_len=8192, epochs=3,
+                  sub_batch_size="auto"),
+    "full": dict(data=C.FINETUNE_DIR, group_size=8, query_max_len=512, passage_max_len=8192, epochs=20,
+                 sub_batch_size="auto"),
+}
+
+
+def _share(batches, sub_batch_size=None, sort=False) -> float:
+    """Padding tokens / all tokens when each batch (a list of length lists: the query tensor,
+    the passage tensor) is right-padded to its longest text (or per sub-batch; `sort`: the
+    texts of a tensor sorted by length before they are cut into sub-batches)."""
+    pad = total = 0
+    for tensors in batches:
+        for lens in tensors:
+            lens = sorted(lens, reverse=True) if sort else lens
+            step = sub_batch_size or len(lens)
+            if step == "auto":  # m3ref.batching.encode: the legacy table on the padded length
+                from m3ref.batching import auto_sub_batch_size
+                step = auto_sub_batch_size(max(lens))
+            for i in range(0, len(lens), step):
+                chunk = lens[i:i + step]
+                total += len(chunk) * max(chunk)
+                pad += len(chunk) * max(chunk) - sum(chunk)
+    return pad / total if total else 0.0
+
+
+def run(mode: str = "quick", sizes: dict = None) -> dict:
+    from m3ref.batching import BucketSampler, batch_size_for, make_buckets
+    from m3ref.data import load_train_data
+    from m3ref.train import groups_of
+
+    s = {**SIZES[mode], **(sizes or {})}
+    model = C.m3_model(C.encoder_config(32, 1, 2, len(C.tokenizer())))  # only its tokenizer is used
+    buckets = make_buckets(load_train_data(s["data"]), model.tokenizer)
+    names, los, rows = zip(*buckets)
+    cache = {}
+
+    def lengths(texts, max_len):
+        todo = [t for t in dict.fromkeys(texts) if (t, max_len) not in cache]
+        if todo:
+            for t, ids in zip(todo, model.tokenize(todo, max_len, warn=False)):
+                cache[(t, max_len)] = len(ids)
+        return [cache[(t, max_len)] for t in texts]
+
+    # cap each bucket's batch at its size: the sample files hold 10 long examples per bucket
+    sizes_per_bucket = [min(batch_size_for(lo, TABLE9), len(r)) for lo, r in zip(los, rows)]
+    sampler = BucketSampler([len(r) for r in rows], sizes_per_bucket, seed=0)
+    pooled = [(b, i) for b, r in enumerate(rows) for i in range(len(r))]
+    grouped, shuffled = [], []
+    rng = random.Random(0)
+    for epoch in range(s["epochs"]):
+        order = pooled[:]
+        rng.shuffle(order)
+        order = order * 2  # the sampler fills incomplete batches up, so an epoch can hold more
+        pos = 0
+        for _ in range(len(sampler)):
+            batch = next(sampler)
+            qs, ps, _ = groups_of(rows[batch.bucket], batch, s["group_size"], seed=0)
+            grouped.append([lengths(qs, s["query_max_len"]),
+                            lengths([t for g in ps for t in g], s["passage_max_len"])])
+            # the random batch: as many examples, drawn from every bucket
+            take = order[pos:pos + len(batch.indices)]
+            pos += len(take)
+            qs, ps = [], []
+            for b, i in take:
+                q, g, _ = groups_of(rows[b], batch._replace(bucket=b, indices=[i]), s["group_size"], seed=0)
+                qs += q
+                ps += [t for grp in g for t in grp]
+            shuffled.append([lengths(qs, s["query_max_len"]), lengths(ps, s["passage_max_len"])])
+    return {
+        "padding_share_grouped": _share(grouped),
+        "padding_share_random": _share(shuffled),
+        "padding_share_grouped_sub_batch": _share(grouped, s["sub_batch_size"]),
+        "padding_share_grouped_sub_batch_sorted": _share(grouped, s["sub_batch_size"], sort=True),
+        "padding_batches": float(len(grouped)),
+        "padding_buckets": float(len(rows)),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    print(json.dumps(run(sys.argv[1] if len(sys.argv) > 1 else "quick"), indent=1))

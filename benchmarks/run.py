@@ -1,0 +1,131 @@
+"""Run every benchmark and write one JSON of floats.
+
+    .venv/bin/python benchmarks/run.py --quick --json OUT.json      # CPU, each benchmark < ~1 min
+    .venv/bin/python benchmarks/run.py --full --json OUT.json       # a GPU (bf16), bigger sizes
+
+OUT.json holds only float values (the keys below and each benchmark's extra figures);
+OUT.meta.json holds the machine, the sizes used, the seconds each benchmark took, the raw
+measurements behind the max-batch fit and whether each target of the issue is met.
+See benchmarks/RESULTS.md for the methods and the figures of a run.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common as C  # noqa: E402
+
+# name -> module; in this order (cheap and CPU-light first)
+BENCHMARKS = {
+    "padding": "bench_padding",
+    "sparse": "bench_sparse",
+    "multivector": "bench_multivector",
+    "encode": "bench_encode",
+    "lexical_memory": "bench_lexical_memory",
+    "max_batch": "bench_max_batch",
+}
+# The issue's targets: key -> (comparison, value)
+TARGETS = {
+    "encode_vs_flagembedding": (">=", 1.5),
+    "encode_overhead_vs_bare_encoder": ("<=", 1.10),
+    "lexical_train_memory_vs_flagembedding": (">=", 10.0),
+    "padding_share_grouped": ("<=", 0.05),
+    "max_batch_ratio_8k": (">=", 20.0),
+    "sparse_retrieval_vs_flagembedding": (">=", 100.0),
+}
+
+
+def met(key: str, value: float) -> bool:
+    op, target = TARGETS[key]
+    return value >= target if op == ">=" else value <= target
+
+
+def book_build_seconds() -> float:
+    """`jupyter-book build book` into a temporary folder (the tree's book/_build is left alone)."""
+    import subprocess
+    import tempfile
+    exe = os.path.join(os.path.dirname(sys.executable), "jupyter-book")
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        subprocess.run([exe, "build", os.path.join(C.ROOT, "book"), "--path-output", out], check=True,
+                       capture_output=True)
+        return time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="CPU sizes (default)")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full", help="GPU sizes, bf16")
+    ap.add_argument("--json", help="write the figures here (and the details to *.meta.json)")
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
+    ap.add_argument("--book", action="store_true", help="also time `jupyter-book build book` (into a temp dir)")
+    ap.add_argument("--allow-cpu", action="store_true", help="run --full sizes even without a GPU (hours)")
+    args = ap.parse_args(argv)
+    mode = args.mode or "quick"
+    import torch
+    if mode == "full" and not torch.cuda.is_available() and not args.allow_cpu:
+        ap.error("--full wants a GPU (bf16, BGE-M3-sized models); pass --allow-cpu to run it on CPU anyway")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        ap.error(f"unknown benchmark(s): {', '.join(unknown)}")
+
+    figures, meta = {}, {"mode": mode, "machine": C.machine_info(), "seconds": {}, "sizes": {}, "details": {},
+                         "errors": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    failed = False
+    for name in names:
+        module = importlib.import_module(BENCHMARKS[name])
+        meta["sizes"][name] = getattr(module, "SIZES", {}).get(mode)
+        t = time.perf_counter()
+        try:
+            result = module.run(mode)
+        except Exception:  # noqa: BLE001 - report and go on with the others
+            failed = True
+            meta["errors"][name] = traceback.format_exc()
+            print(f"[{name}] FAILED\n{meta['errors'][name]}", file=sys.stderr)
+            continue
+        finally:
+            meta["seconds"][name] = time.perf_counter() - t
+            gc.collect()
+        for key, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                figures[key] = float(value)
+            else:
+                meta["details"][key] = value
+        print(f"[{name}] {meta['seconds'][name]:.1f} s", file=sys.stderr)
+    if args.book:
+        meta["seconds"]["book_build"] = figures["book_build_s"] = book_build_seconds()
+    meta["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
+    meta["targets"] = {k: {"target": f"{op} {v:g}", "value": figures.get(k), "met": met(k, figures[k])}
+                       for k, (op, v) in TARGETS.items() if k in figures}
+
+    width = max(len(k) for k in figures) if figures else 0
+    for key in sorted(figures):
+        note = ""
+        if key in TARGETS:
+            op, v = TARGETS[key]
+            note = f"   target {op} {v:g}: {'met' if met(key, figures[key]) else 'MISSED'}"
+        print(f"{key:<{width}}  {figures[key]:.6g}{note}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1, sort_keys=True)
+        root, _ = os.path.splitext(args.json)
+        with open(root + ".meta.json", "w") as f:
+            json.dump(meta, f, indent=1, default=str)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
