@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import json
 import os
 from typing import Optional
 
 import torch
 
-SOURCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_samples", "source")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_DIR = os.path.join(ROOT, "data_samples", "source")
+# The trained tokenizer ships with the samples. The `tokenizers` Unigram trainer gives different
+# ids in every process (its Rust hash maps are randomly seeded), so a tokenizer trained afresh
+# would change every stored output. `trained_on.json` records the texts it was trained on.
+TOKENIZER_DIR = os.path.join(ROOT, "data_samples", "tokenizer")
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
@@ -58,12 +64,38 @@ def _train_tokenizer(vocab_size: int, source_dir: str) -> str:
     return tok.to_str()
 
 
-def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, source_dir: str = SOURCE_DIR):
-    """Train the tiny XLM-R-style tokenizer and return it as a `transformers` fast tokenizer."""
+def texts_digest(source_dir: str = SOURCE_DIR, vocab_size: int = 8000) -> str:
+    """sha256 of the sample texts (and vocabulary size) a tokenizer is trained on."""
+    h = hashlib.sha256(str(vocab_size).encode())
+    for path in sorted(glob.glob(os.path.join(source_dir, "*.jsonl"))):
+        with open(path, "rb") as f:
+            h.update(os.path.basename(path).encode() + f.read())
+    return h.hexdigest()
+
+
+def shipped_tokenizer_matches(source_dir: str = SOURCE_DIR, vocab_size: int = 8000) -> bool:
+    """Was data_samples/tokenizer trained on exactly these texts?"""
+    meta = os.path.join(TOKENIZER_DIR, "trained_on.json")
+    if not os.path.isfile(meta):
+        return False
+    with open(meta, encoding="utf-8") as f:
+        return json.load(f)["texts_sha256"] == texts_digest(source_dir, vocab_size)
+
+
+def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, source_dir: str = SOURCE_DIR,
+                    retrain: bool = False):
+    """The tiny XLM-R-style tokenizer as a `transformers` fast tokenizer.
+
+    The shipped one (data_samples/tokenizer) when it was trained on these texts; otherwise (or
+    with `retrain=True`) a Unigram model trained now, whose ids differ from run to run.
+    """
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_str(_train_tokenizer(vocab_size, os.path.abspath(source_dir)))
+    if not retrain and shipped_tokenizer_matches(source_dir, vocab_size):
+        tok = Tokenizer.from_file(os.path.join(TOKENIZER_DIR, "tokenizer.json"))
+    else:
+        tok = Tokenizer.from_str(_train_tokenizer(vocab_size, os.path.abspath(source_dir)))
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                  cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
                                  model_max_length=8192)
@@ -97,3 +129,20 @@ def build_tiny_model(out_dir: str, seed: int = 0, hidden_size: int = 128, num_la
     model = M3Model(encoder, tokenizer)
     model.save_pretrained(out_dir)
     return model.eval()
+
+
+def write_shipped_tokenizer(vocab_size: int = 8000) -> None:
+    """Retrain the tokenizer on data_samples/source and store it in data_samples/tokenizer.
+
+    Run `python -m m3ref.tiny` after editing the sample texts, then `make notebooks`.
+    """
+    tok = build_tokenizer(vocab_size=vocab_size, retrain=True)
+    os.makedirs(TOKENIZER_DIR, exist_ok=True)
+    tok.backend_tokenizer.save(os.path.join(TOKENIZER_DIR, "tokenizer.json"))
+    with open(os.path.join(TOKENIZER_DIR, "trained_on.json"), "w", encoding="utf-8") as f:
+        json.dump({"texts_sha256": texts_digest(vocab_size=vocab_size), "vocab_size": vocab_size}, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    write_shipped_tokenizer()

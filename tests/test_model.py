@@ -146,3 +146,26 @@ def test_length_batches_cap_padded_tokens():
     assert length_batches([60, 40, 30, 10, 10, 10], batch_size=4, max_tokens=100) == [(0, 1), (1, 3), (3, 6)]
     assert length_batches([5] * 5, batch_size=2, max_tokens=1000) == [(0, 2), (2, 4), (4, 5)]
     assert length_batches([9000], batch_size=8, max_tokens=100) == [(0, 1)]  # a long text still gets a batch
+
+
+def test_the_shipped_tokenizer_is_current_and_loads_the_same_everywhere():
+    import subprocess
+    import sys
+    from m3ref.tiny import build_tokenizer, shipped_tokenizer_matches
+    assert shipped_tokenizer_matches(), "data_samples/source changed: run `python -m m3ref.tiny`, then `make notebooks`"
+    code = "from m3ref.tiny import build_tokenizer; print(build_tokenizer()('Москва 北京 Cairo').input_ids)"
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(runs) == 1  # the same ids in every process
+
+
+def test_a_retrained_tokenizer_has_xlmr_special_ids(tmp_path):
+    from transformers import AutoTokenizer
+    from m3ref.tiny import build_tokenizer
+    tok = build_tokenizer(out_dir=str(tmp_path), retrain=True)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    for t in (tok, again):
+        assert [t.cls_token_id, t.pad_token_id, t.eos_token_id, t.unk_token_id] == [0, 1, 2, 3]
+        assert t.mask_token_id == len(t) - 1
+    ids = again("Hello\nworld").input_ids
+    assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids  # a newline is a space, not <unk>

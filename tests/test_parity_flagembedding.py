@@ -161,3 +161,21 @@ def test_a_checkpoint_saved_by_m3ref_loads_in_flagembedding(tiny_dir, tmp_path):
     assert np.abs(a.dense - b["dense_vecs"]).max() < 1e-5
     assert all(np.abs(x - y).max() < 1e-5 for x, y in zip(a.colbert, b["colbert_vecs"]))
     assert all({str(k) for k in x} == set(y) for x, y in zip(a.sparse, b["lexical_weights"]))
+
+
+def test_a_checkpoint_saved_by_flagembedding_loads_in_m3ref(tiny_dir, tmp_path):
+    ours = M3Model.from_pretrained(tiny_dir, device="cpu")
+    theirs = official_training_model(ours)
+    with torch.no_grad():  # weights that differ from the fixture's
+        theirs.sparse_linear.bias.add_(0.25)
+        theirs.colbert_linear.weight.mul_(-1)
+    theirs.save(str(tmp_path / "official"))  # FlagEmbedding's own writer (the trainer adds the tokenizer)
+    ours.tokenizer.save_pretrained(tmp_path / "official")
+    loaded = M3Model.from_pretrained(tmp_path / "official", device="cpu")
+    assert torch.equal(loaded.sparse_linear.bias, theirs.sparse_linear.bias)
+    from FlagEmbedding import BGEM3FlagModel
+    reference = BGEM3FlagModel(str(tmp_path / "official"), use_fp16=False, devices="cpu")
+    a = loaded.encode(TEXTS[:6])
+    b = reference.encode(TEXTS[:6], return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    assert np.abs(a.dense - b["dense_vecs"]).max() < 1e-5
+    assert all(np.abs(x - y).max() < 1e-5 for x, y in zip(a.colbert, b["colbert_vecs"]))

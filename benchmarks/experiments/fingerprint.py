@@ -2,7 +2,7 @@
 
 Four parts, each a SHA-256:
 - configs: every YAML file in configs/experiments/ (bytes);
-- data:    every file under data_samples/train/ and data_samples/eval/ (bytes);
+- data:    every file under data_samples/train/, data_samples/eval/ and data_samples/tokenizer/ (bytes);
 - source:  every .py file of the m3ref package, parsed, with docstrings removed, as `ast.dump`
            (so edits to comments and docstrings do not make the results stale);
 - runner:  the .py files of benchmarks/experiments/, the same way.
@@ -49,7 +49,7 @@ def fingerprint(root: Path = ROOT) -> dict:
     code = lambda f: code_digest(f.read_text(encoding="utf-8"))  # noqa: E731
     return {
         "configs": _hash_files(_files(root, ["configs/experiments/*.yaml"]), raw),
-        "data": _hash_files(_files(root, ["data_samples/train/**/*", "data_samples/eval/**/*"]), raw),
+        "data": _hash_files(_files(root, ["data_samples/train/**/*", "data_samples/eval/**/*", "data_samples/tokenizer/*"]), raw),
         "source": _hash_files(_files(root, ["m3ref/**/*.py"]), code),
         "runner": _hash_files(_files(root, ["benchmarks/experiments/*.py"]), code),
     }
