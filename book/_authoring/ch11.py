@@ -17,6 +17,10 @@ import pathlib
 
 from IPython.display import Markdown
 
+from m3ref.book import quiet
+
+quiet()  # no progress-bar warnings from the modules imported below
+
 ROOT = pathlib.Path("..").resolve()
 TESTS = {}
 for path in sorted((ROOT / "tests").glob("test_*.py")):
