@@ -54,42 +54,26 @@ _TOKENIZER = None
 
 
 def cache_dir() -> str:
-    """Where built tokenizers and checkpoints are kept between runs (outside the repository)."""
+    """Where built checkpoints are kept between runs (outside the repository)."""
     path = os.environ.get("M3REF_BENCH_CACHE") or os.path.join("/tmp", f"m3ref-bench-{os.getuid()}")
     os.makedirs(path, exist_ok=True)
     return path
 
 
-def _source_key() -> str:
-    import hashlib
-    h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(SOURCE_DIR, "*.jsonl"))):
-        with open(path, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:12]
-
-
 def tokenizer():
-    """The tiny XLM-R-style tokenizer of `m3ref.tiny.build_tokenizer`, trained once on
-    data_samples/source (tens of seconds on a loaded 2-core machine) and cached on disk."""
+    """The tiny XLM-R-style tokenizer: `m3ref.tiny.build_tokenizer`, the shipped one, loaded once."""
     global _TOKENIZER
     if _TOKENIZER is None:
-        from transformers import AutoTokenizer
-
         from m3ref.tiny import build_tokenizer
-        path = os.path.join(cache_dir(), f"tokenizer-{_source_key()}")
-        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-            tmp = f"{path}.tmp{os.getpid()}"
-            build_tokenizer(tmp)
-            os.replace(tmp, path) if not os.path.exists(path) else None
-        _TOKENIZER = AutoTokenizer.from_pretrained(path)
+        _TOKENIZER = build_tokenizer()
     return _TOKENIZER
 
 
 def checkpoint(hidden: int, layers: int, heads: int, seed: int = 0) -> str:
     """A random M3 checkpoint in the official layout (`m3ref.tiny.build_tiny_model`), cached
     by shape in `cache_dir()`. Both libraries load it from disk."""
-    path = os.path.join(cache_dir(), f"m3-{_source_key()}-h{hidden}-l{layers}-a{heads}-s{seed}")
+    from m3ref.book import _fingerprint  # texts, shipped tokenizer and builder code, as for the book's model
+    path = os.path.join(cache_dir(), f"m3-{_fingerprint(seed)}-h{hidden}-l{layers}-a{heads}")
     if not os.path.isfile(os.path.join(path, "sparse_linear.pt")):
         from m3ref.tiny import build_tiny_model
         build_tiny_model(path, seed=seed, hidden_size=hidden, num_layers=layers, num_heads=heads,
