@@ -6,9 +6,13 @@ The training path of `m3ref.train`: `load_train_data` -> `make_buckets` (one buc
 "Random" batches use the same batch sizes, in the same order, over the same examples pooled
 from all buckets and shuffled, so the only difference is the grouping by length.
 
-padding share = padding tokens / all tokens of the padded (queries + passages) tensors, over
-whole epochs. With split-batch (`sub_batch_size`) `m3ref.batching.encode` trims every
-sub-batch to its own longest text; that share is reported too.
+padding share = padding tokens / all tokens that go through the encoder, over whole epochs.
+The main keys measure what m3ref's trainer runs with split-batch on (`sub_batch_size: auto`,
+as in configs/bge-m3-gpu.yaml): `m3ref.batching.encode` sorts the texts of a tensor by
+length, cuts them into sub-batches and trims each one to its own longest text. The
+`_whole_batch` keys pad each (queries, passages) tensor to its longest text, as one encoder
+call without split-batch does. `encoder_calls_*` count the encoder calls (sub-batches): with
+sorted sub-batches random batches pad little too, but they need many more, smaller calls.
 """
 from __future__ import annotations
 
@@ -47,6 +51,17 @@ def _share(batches, sub_batch_size=None, sort=False) -> float:
                 total += len(chunk) * max(chunk)
                 pad += len(chunk) * max(chunk) - sum(chunk)
     return pad / total if total else 0.0
+
+
+def _calls(batches, sub_batch_size) -> int:
+    """Encoder calls (sub-batches) needed for `batches`, as `_share` cuts them."""
+    from m3ref.batching import auto_sub_batch_size
+    calls = 0
+    for tensors in batches:
+        for lens in tensors:
+            step = auto_sub_batch_size(max(lens)) if sub_batch_size == "auto" else sub_batch_size or len(lens)
+            calls += -(-len(lens) // step)
+    return calls
 
 
 def run(mode: str = "quick", sizes: dict = None) -> dict:
@@ -92,11 +107,15 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
                 qs += q
                 ps += [t for grp in g for t in grp]
             shuffled.append([lengths(qs, s["query_max_len"]), lengths(ps, s["passage_max_len"])])
+    sub = s["sub_batch_size"]
     return {
-        "padding_share_grouped": _share(grouped),
-        "padding_share_random": _share(shuffled),
-        "padding_share_grouped_sub_batch": _share(grouped, s["sub_batch_size"]),
-        "padding_share_grouped_sub_batch_sorted": _share(grouped, s["sub_batch_size"], sort=True),
+        "padding_share_grouped": _share(grouped, sub, sort=True),
+        "padding_share_random": _share(shuffled, sub, sort=True),
+        "padding_share_grouped_whole_batch": _share(grouped),
+        "padding_share_random_whole_batch": _share(shuffled),
+        "padding_share_grouped_sub_batch_unsorted": _share(grouped, sub),
+        "encoder_calls_grouped": float(_calls(grouped, sub)),
+        "encoder_calls_random": float(_calls(shuffled, sub)),
         "padding_batches": float(len(grouped)),
         "padding_buckets": float(len(rows)),
     }

@@ -18,6 +18,8 @@ import random
 import re
 from typing import NamedTuple, Optional, Sequence
 
+import torch
+
 from .errors import M3Error
 from .model import Embeddings
 
@@ -161,8 +163,10 @@ def enable_checkpointing(model) -> None:
 def encode(model, batch: dict, sub_batch_size=None) -> Embeddings:
     """Encode a collated batch, in sub-batches of `sub_batch_size` rows (split-batch, Fig. 3).
 
-    Each sub-batch is trimmed to its own longest text, encoded, and the parts are joined
-    with `Embeddings.cat` (which pads them again). "auto" picks the size from the padded
+    Rows are sorted by length, longest first, before they are cut into sub-batches, and each
+    sub-batch is trimmed to its own longest text: texts of similar length share a sub-batch,
+    so little compute goes to padding (book ch. 08). The parts are joined with
+    `Embeddings.cat` and put back in input order. "auto" picks the size from the padded
     length (`auto_sub_batch_size`). Gradients equal those of one full-batch pass.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (N, L)
@@ -170,9 +174,11 @@ def encode(model, batch: dict, sub_batch_size=None) -> Embeddings:
         sub_batch_size = auto_sub_batch_size(ids.shape[1])
     if not sub_batch_size or sub_batch_size >= ids.shape[0]:
         return model(ids, mask)
+    lengths = mask.sum(1)  # (N,) right padding: real tokens come first
+    order = torch.argsort(lengths, descending=True, stable=True)  # (N,)
     parts = []
     for i in range(0, ids.shape[0], sub_batch_size):
-        m = mask[i:i + sub_batch_size]  # (n, L)
-        length = int(m.sum(1).max())  # right padding: columns past the longest text are all pad
-        parts.append(model(ids[i:i + sub_batch_size, :length], m[:, :length]))
-    return Embeddings.cat(parts, model.tokenizer.pad_token_id)
+        rows = order[i:i + sub_batch_size]  # (n,)
+        length = int(lengths[rows[0]])  # the longest of these rows
+        parts.append(model(ids[rows, :length], mask[rows, :length]))
+    return Embeddings.cat(parts, model.tokenizer.pad_token_id).select(torch.argsort(order))

@@ -57,6 +57,11 @@ class Embeddings:
                           weights=F.pad(self.weights, (0, extra)), colbert=F.pad(self.colbert, (0, 0, 0, extra)),
                           colbert_mask=F.pad(self.colbert_mask, (0, extra)))
 
+    def select(self, index: torch.Tensor) -> "Embeddings":
+        """Rows `index` of every field, in that order (differentiable)."""
+        return Embeddings(*(getattr(self, name)[index]
+                            for name in ("dense", "ids", "weights", "colbert", "colbert_mask")))
+
     @staticmethod
     def cat(parts: Sequence["Embeddings"], pad_id: int) -> "Embeddings":
         """Concatenate sub-batches along B, padding L to the longest one."""
@@ -100,17 +105,34 @@ class M3Model(nn.Module):
         left out of the ColBERT vectors.
         """
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, d)
+        colbert_mask = self.colbert_mask(attention_mask, cls_mask)  # (B, L-1)
+        colbert = self.colbert_vectors(hidden[:, 1:]) * colbert_mask[..., None].to(hidden.dtype)  # (B, L-1, d')
+        return Embeddings(dense=self.dense_vector(hidden, cls_mask), ids=input_ids,
+                          weights=self.lexical_weights(hidden), colbert=colbert, colbert_mask=colbert_mask)
+
+    # The three heads, shared by `forward` (training) and `encode` (inference).
+    @staticmethod
+    def dense_vector(hidden: torch.Tensor, cls_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """e_q = normalize(h[CLS]) (Eq. 1), or with MCLS the mean of the [CLS] states (ch. 10). (B, d)"""
         if cls_mask is None:
-            dense = hidden[:, 0]  # (B, d)
-            colbert_mask = attention_mask[:, 1:]  # (B, L-1)
-        else:
-            m = cls_mask.to(hidden.dtype)[..., None]  # (B, L, 1)
-            dense = (hidden * m).sum(1) / m.sum(1)  # (B, d) mean of the CLS states
-            colbert_mask = (attention_mask * (1 - cls_mask.to(attention_mask.dtype)))[:, 1:]
-        weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1)  # (B, L)
-        colbert = self.colbert_linear(hidden[:, 1:]) * colbert_mask[..., None].to(hidden.dtype)  # (B, L-1, d')
-        return Embeddings(dense=F.normalize(dense, dim=-1), ids=input_ids, weights=weights,
-                          colbert=F.normalize(colbert, dim=-1), colbert_mask=colbert_mask)
+            return F.normalize(hidden[:, 0], dim=-1)
+        m = cls_mask.to(hidden.dtype)[..., None]  # (B, L, 1)
+        return F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+
+    def lexical_weights(self, hidden: torch.Tensor) -> torch.Tensor:
+        """w_t = ReLU(W_lex^T h_t), one weight per token (Eq. 2). (..., L, d) -> (..., L)"""
+        return torch.relu(self.sparse_linear(hidden)).squeeze(-1)
+
+    def colbert_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
+        """E = normalize(W_mul^T H), one vector per token (Eq. 4). (..., d) -> (..., d')"""
+        return F.normalize(self.colbert_linear(hidden), dim=-1)
+
+    @staticmethod
+    def colbert_mask(attention_mask: torch.Tensor, cls_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """1 on the tokens that get a ColBERT vector: real tokens after the first, no MCLS [CLS]. (B, L-1)"""
+        if cls_mask is not None:
+            attention_mask = attention_mask * (1 - cls_mask.to(attention_mask.dtype))
+        return attention_mask[:, 1:]
 
     def tokenize(self, texts: Sequence[str], max_length: int, mcls_stride: Optional[int] = None,
                  warn: bool = True) -> list:
@@ -193,19 +215,23 @@ class M3Model(nn.Module):
         from tqdm import tqdm
         for start, end in tqdm(batches, desc="encode", disable=not show_progress):
             idx = order[start:end]
-            with autocast:
-                emb = self(**self.collate([seqs[i] for i in idx], mcls=bool(mcls_stride)))
-            if return_dense:
-                for i, v in zip(idx, emb.dense.float().cpu().numpy()):
-                    dense[i] = v
-            if return_sparse:
-                for i, d in zip(idx, self._lexical_dicts(emb.ids, emb.weights.float())):
-                    sparse[i] = d
-            if return_colbert:
-                vecs = emb.colbert.float().cpu().numpy()
-                keep = emb.colbert_mask.bool().cpu().numpy()
-                for i, v, k in zip(idx, vecs, keep):
-                    colbert[i] = v[k]
+            batch = self.collate([seqs[i] for i in idx], mcls=bool(mcls_stride))
+            with autocast:  # only the requested heads, and ColBERT only on real tokens
+                hidden = self.encoder(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state  # (B, L, d)
+                if return_dense:
+                    vecs = self.dense_vector(hidden, batch.get("cls_mask")).float().cpu().numpy()  # (B, d)
+                    for i, v in zip(idx, vecs):
+                        dense[i] = v
+                if return_sparse:
+                    weights = self.lexical_weights(hidden).float()  # (B, L)
+                    for i, d in zip(idx, self._lexical_dicts(batch["input_ids"], weights)):
+                        sparse[i] = d
+                if return_colbert:
+                    keep = self.colbert_mask(batch["attention_mask"], batch.get("cls_mask")).bool()  # (B, L-1)
+                    vecs = self.colbert_vectors(hidden[:, 1:][keep]).float().cpu().numpy()  # (tokens, d')
+                    for i, v in zip(idx, np.split(vecs, keep.sum(1).cumsum(0)[:-1].tolist())):
+                        colbert[i] = v
         self.train(was_training)
         d = self.encoder.config.hidden_size
         out = EncodeOutput(

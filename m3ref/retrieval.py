@@ -57,10 +57,13 @@ class Encoded:
 
 def lexical_matrix(weights: list[dict[int, float]], vocab_size: int) -> scipy.sparse.csr_matrix:
     """N dicts {token id: w} -> (N, V) CSR matrix; float64, so sums match `lexical_match`."""
-    entries = [(i, int(t), float(v)) for i, w in enumerate(weights) for t, v in w.items()
-               if int(t) < vocab_size]  # a query id the corpus never uses cannot match
-    rows, cols, vals = zip(*entries) if entries else ((), (), ())
-    return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(weights), vocab_size))
+    counts = np.fromiter(map(len, weights), dtype=np.int64, count=len(weights))  # (N,)
+    n = int(counts.sum())
+    cols = np.fromiter((int(t) for w in weights for t in w), dtype=np.int64, count=n)
+    vals = np.fromiter((float(v) for w in weights for v in w.values()), dtype=np.float64, count=n)
+    rows = np.repeat(np.arange(len(weights)), counts)
+    keep = cols < vocab_size  # a query id the corpus never uses cannot match
+    return scipy.sparse.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(len(weights), vocab_size))
 
 
 class Index:

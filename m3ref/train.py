@@ -58,10 +58,11 @@ class TrainConfig:
     # Checkpoint directory or hub id: BAAI/bge-m3 (fine-tune), xlm-roberta-large (fresh heads).
     # None builds m3ref's untrained tiny model into OUTPUT_DIR/init.
     model: Optional[str] = None
-    # Fine-tuning data: a JSONL file or a directory of them; each `*_len-lo-hi` file is a bucket.
-    train_data: str = "data_samples/train/finetune"
+    # Fine-tuning data: a JSONL file, a directory of them, a hub dataset, or a list of these
+    # (as the official --train_data); each `*_len-lo-hi` file is a bucket.
+    train_data: Union[str, list] = "data_samples/train/finetune"
     # Pairs for the dense-only stage (no negatives needed); None = `train_data`.
-    dense_train_data: Optional[str] = None
+    dense_train_data: Union[str, list, None] = None
     output_dir: str = "runs/tiny"
     # One seed for every rank: same bucket at each step, same fresh heads.
     seed: int = 0
@@ -149,9 +150,13 @@ class TrainConfig:
         need(self.model is None or isinstance(self.model, str), "model", "must be a path, a hub id or null")
         need(isinstance(self.output_dir, str) and self.output_dir, "output_dir", "must be a path")
         for name in ("train_data", "dense_train_data"):
-            path = getattr(self, name)
-            need(path is None and name == "dense_train_data" or isinstance(path, str) and (
-                os.path.exists(path) or re.fullmatch(r"[\w.-]+/[\w.-]+", path)), name, "no such file or directory")
+            paths = getattr(self, name)
+            if paths is None and name == "dense_train_data":
+                continue
+            paths = paths if isinstance(paths, list) and paths else [paths]
+            for path in paths:
+                need(isinstance(path, str) and (os.path.exists(path) or re.fullmatch(r"[\w.-]+/[\w.-]+", path)),
+                     name, f"{path}: no such file or directory")
 
 
 def load_config(path: Optional[str], **overrides) -> TrainConfig:
@@ -297,13 +302,24 @@ def _load_model(cfg: TrainConfig, resume: Optional[Path], env: DistEnv) -> M3Mod
     return model.train()
 
 
+def _load_all(paths) -> dict:
+    """load_train_data over one path or a list of them, merged: {name: dataset}."""
+    data = {}
+    for path in paths if isinstance(paths, list) else [paths]:
+        for name, ds in load_train_data(path).items():
+            if name in data:
+                raise M3Error(f"{path}: a second data file named {name!r}; file names must differ")
+            data[name] = ds
+    return data
+
+
 def _stage_data(cfg: TrainConfig) -> dict:
     """Load and validate every data file before any compute: {stage: datasets}."""
     stages = {}
     if cfg.dense_steps > 0:
-        stages["dense"] = load_train_data(cfg.dense_train_data or cfg.train_data)
+        stages["dense"] = _load_all(cfg.dense_train_data or cfg.train_data)
     if cfg.max_steps > cfg.dense_steps:
-        stages["unified"] = data = load_train_data(cfg.train_data)
+        stages["unified"] = data = _load_all(cfg.train_data)
         for name, ds in data.items():
             if cfg.group_size > 1:
                 for i, neg in enumerate(ds["neg"]):
@@ -465,7 +481,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m m3ref.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
     ap.add_argument("--model", help="checkpoint directory or hub id (overrides the config)")
-    ap.add_argument("--train-data", help="JSONL file or directory")
+    ap.add_argument("--train-data", nargs="+", help="JSONL files, directories or hub datasets")
     ap.add_argument("--output-dir")
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--save-every", type=int)
@@ -475,7 +491,8 @@ def main(argv=None) -> None:
     with cli_errors():
         if not os.path.isfile(args.config):
             raise M3Error(f"no config file at {args.config}")
-        cfg = load_config(args.config, model=args.model, train_data=args.train_data, output_dir=args.output_dir,
+        cfg = load_config(args.config, model=args.model, train_data=(args.train_data[0] if args.train_data and len(args.train_data) == 1 else args.train_data),
+                          output_dir=args.output_dir,
                           max_steps=args.max_steps, save_every=args.save_every)
         final = train(cfg, args.resume)
         if int(os.environ.get("RANK", 0)) == 0:

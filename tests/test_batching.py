@@ -109,3 +109,23 @@ def test_split_batch_with_checkpointing_equals_full_batch(nodrop_dir):
     assert g_split.keys() == g_full.keys() and len(g_full) > 30
     for name, g in g_full.items():
         torch.testing.assert_close(g_split[name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_split_batch_sorts_by_length_and_keeps_input_order(nodrop_dir):
+    from m3ref import M3Model
+    from m3ref.batching import encode
+    model = M3Model.from_pretrained(nodrop_dir, device="cpu").eval()
+    texts = ["short", "a much longer text with many more words than the others in the batch", "mid length text here",
+             "tiny", "another fairly long text, though not the longest of them all"]
+    batch = model.collate(model.tokenize(texts, 64))
+    calls = []
+    model.encoder.register_forward_pre_hook(lambda _m, args, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    with torch.no_grad():
+        full, split = model(**batch), encode(model, batch, sub_batch_size=2)
+    lengths = sorted(batch["attention_mask"].sum(1).tolist(), reverse=True)
+    # sub-batches hold the 2 longest, the next 2, the shortest: each trimmed to its longest text
+    assert [s[1] for s in calls[1:]] == [lengths[0], lengths[2], lengths[4]]
+    for name in ("dense", "ids", "colbert", "colbert_mask"):
+        torch.testing.assert_close(getattr(split, name), getattr(full, name), rtol=1e-5, atol=1e-5, msg=name)
+    real = batch["attention_mask"].bool()  # padding weights are 0 after a split, ReLU(W h_pad) without
+    torch.testing.assert_close(split.weights[real], full.weights[real], rtol=1e-5, atol=1e-5)

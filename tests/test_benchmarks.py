@@ -36,17 +36,24 @@ def small_train_dir(tmp_path_factory):
 def test_padding_grouped_batches_pad_less_than_random_ones(small_train_dir):
     import bench_padding
     r = bench_padding.run("quick", {"data": small_train_dir, "epochs": 1})
-    floats(r, ["padding_share_grouped", "padding_share_random", "padding_share_grouped_sub_batch"])
-    for k in ("padding_share_grouped", "padding_share_random", "padding_share_grouped_sub_batch_sorted"):
+    keys = ["padding_share_grouped", "padding_share_random", "padding_share_grouped_whole_batch",
+            "padding_share_random_whole_batch", "padding_share_grouped_sub_batch_unsorted"]
+    floats(r, keys + ["encoder_calls_grouped", "encoder_calls_random"])
+    for k in keys:
         assert 0.0 <= r[k] <= 1.0, k
-    assert r["padding_share_grouped"] < r["padding_share_random"]
-    assert r["padding_share_grouped_sub_batch_sorted"] <= r["padding_share_grouped_sub_batch"] <= r["padding_share_grouped"]
+    assert r["padding_share_grouped_whole_batch"] < r["padding_share_random_whole_batch"]
+    assert r["padding_share_grouped"] <= r["padding_share_grouped_sub_batch_unsorted"] <= r["padding_share_grouped_whole_batch"]
+    assert r["encoder_calls_grouped"] < r["encoder_calls_random"]
 
 
 def test_padding_share_counts_pad_tokens_of_each_tensor():
     from bench_padding import _share
     assert _share([[[3, 1], [2, 2]]]) == pytest.approx(2 / 10)  # 3+1 padded to 3,3; 2+2 no padding
     assert _share([[[3, 1, 1]]], sub_batch_size=1) == 0.0
+    assert _share([[[1, 3, 1, 3]]], sub_batch_size=2) == pytest.approx(4 / 12)  # [1,3] [1,3]
+    assert _share([[[1, 3, 1, 3]]], sub_batch_size=2, sort=True) == 0.0  # [3,3] [1,1]
+    from bench_padding import _calls
+    assert _calls([[[1, 3, 1], [2] * 5]], 2) == 2 + 3
 
 
 def test_sparse_retrieval_agrees_with_the_per_pair_loop():

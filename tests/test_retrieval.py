@@ -311,3 +311,11 @@ def test_shared_corpus_is_encoded_once(tiny_model):  # MKQA: one corpus, every l
     assert again == first
     run_methods(tiny_model, {"x": {"title": "", "text": "other"}}, {"q": "q"}, ["dense"], cache=cache)
     assert calls[3:] == [1, 1] and len(cache) == 1  # a new corpus replaces the old one
+
+
+def test_lexical_matrix_places_every_weight_and_drops_ids_outside_the_vocabulary():
+    from m3ref.retrieval import lexical_matrix
+    m = lexical_matrix([{}, {3: 0.5, 9: 1.0}, {"1": 2.0, 0: 0.25}], vocab_size=5)  # 9 >= V; str ids as from JSON
+    assert m.shape == (3, 5) and m.dtype == np.float64
+    assert m.toarray().tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 0.5, 0], [0.25, 2.0, 0, 0, 0]]
+    assert lexical_matrix([], 4).shape == (0, 4)

@@ -171,3 +171,15 @@ def test_torchrun_two_ranks_end_to_end(tmp_path, tiny_dir):
     theirs = flag.encode(texts, return_sparse=True, return_colbert_vecs=True)
     torch.testing.assert_close(torch.tensor(theirs["dense_vecs"]), torch.tensor(ours.dense), atol=1e-5, rtol=1e-4)
     assert theirs["lexical_weights"][0].keys() == {str(k) for k in ours.sparse[0]}
+
+
+def test_train_data_may_list_several_paths(toy_data, tmp_path):
+    from m3ref.train import _stage_data
+    short = [str(p) for p in sorted((toy_data / "finetune").glob("ft*_len-0-500.jsonl"))]
+    cfg = _cfg(toy_data, None, tmp_path, train_data=short)
+    cfg.check()
+    assert sorted(_stage_data(cfg)["unified"]) == ["ft_len-0-500", "ftkd_len-0-500"]  # no long file
+    with pytest.raises(M3Error, match="missing.jsonl: no such file"):
+        _cfg(toy_data, None, tmp_path, train_data=short + [str(tmp_path / "missing.jsonl")]).check()
+    with pytest.raises(M3Error, match="a second data file named 'ft_len-0-500'"):
+        _stage_data(_cfg(toy_data, None, tmp_path, train_data=short + short[:1]))
