@@ -1,8 +1,9 @@
 """Multi-vector (ColBERT) re-ranking throughput: documents scored per second.
 
 The paper's multi-vector retrieval re-ranks the dense top-200 by s_mul (m3ref.retrieval.RERANK_K).
-m3ref: `Index.mul_scores(query vectors, candidates)`, which pads candidates of similar length
-into chunks and scores each chunk with `m3ref.scores.s_mul`. Reference: FlagEmbedding's
+m3ref: `Index.mul_scores(query vectors, candidates)`, which gathers the candidates' vectors
+(stored back to back, no padding) and scores them with one matrix product and a segment max
+(`m3ref.scores.s_mul_packed`). Reference: FlagEmbedding's
 `colbert_score(q, p)`, one (query, document) pair per call, over the same candidates.
 
 Synthetic ColBERT vectors with a fixed seed: documents of log-normal length around 200

@@ -19,6 +19,7 @@ import re
 from typing import NamedTuple, Optional, Sequence
 
 import torch
+import torch.utils.checkpoint
 
 from .errors import M3Error
 from .model import Embeddings
@@ -160,7 +161,7 @@ def enable_checkpointing(model) -> None:
         enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def encode(model, batch: dict, sub_batch_size=None) -> Embeddings:
+def encode(model, batch: dict, sub_batch_size=None, checkpoint_sub_batches: bool = False) -> Embeddings:
     """Encode a collated batch, in sub-batches of `sub_batch_size` rows (split-batch, Fig. 3).
 
     Rows are sorted by length, longest first, before they are cut into sub-batches, and each
@@ -168,17 +169,28 @@ def encode(model, batch: dict, sub_batch_size=None) -> Embeddings:
     so little compute goes to padding (book ch. 08). The parts are joined with
     `Embeddings.cat` and put back in input order. "auto" picks the size from the padded
     length (`auto_sub_batch_size`). Gradients equal those of one full-batch pass.
+
+    `checkpoint_sub_batches=True` makes each sub-batch's whole forward pass (the whole batch
+    without `sub_batch_size`) one checkpoint
+    (instead of one per layer, `enable_checkpointing`): only its inputs are kept, and the
+    backward pass recomputes it. A text then holds only its outputs until the backward pass,
+    plus the full activations of one sub-batch at a time (benchmarks/bench_max_batch.py).
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (N, L)
     if sub_batch_size == "auto":
         sub_batch_size = auto_sub_batch_size(ids.shape[1])
-    if not sub_batch_size or sub_batch_size >= ids.shape[0]:
+    if not checkpoint_sub_batches and (not sub_batch_size or sub_batch_size >= ids.shape[0]):
         return model(ids, mask)
+    sub_batch_size = min(sub_batch_size or ids.shape[0], ids.shape[0])
     lengths = mask.sum(1)  # (N,) right padding: real tokens come first
     order = torch.argsort(lengths, descending=True, stable=True)  # (N,)
     parts = []
     for i in range(0, ids.shape[0], sub_batch_size):
         rows = order[i:i + sub_batch_size]  # (n,)
         length = int(lengths[rows[0]])  # the longest of these rows
-        parts.append(model(ids[rows, :length], mask[rows, :length]))
+        args = (ids[rows, :length], mask[rows, :length])
+        if checkpoint_sub_batches and torch.is_grad_enabled():
+            parts.append(torch.utils.checkpoint.checkpoint(model, *args, use_reentrant=False))
+        else:
+            parts.append(model(*args))
     return Embeddings.cat(parts, model.tokenizer.pad_token_id).select(torch.argsort(order))

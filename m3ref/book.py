@@ -39,9 +39,8 @@ def quiet():
 def _fingerprint(seed: int) -> str:
     """Hash of everything the tiny model is built from (sample texts, shipped tokenizer, builder code)."""
     from . import tiny
-    h = hashlib.sha256(f"{seed}".encode())
-    shipped = sorted(glob.glob(os.path.join(tiny.TOKENIZER_DIR, "*")))
-    for path in sorted(glob.glob(os.path.join(tiny.SOURCE_DIR, "*.jsonl"))) + shipped + [tiny.__file__]:
+    h = hashlib.sha256(f"{seed}{tiny.texts_digest()}".encode())
+    for path in sorted(glob.glob(os.path.join(tiny.TOKENIZER_DIR, "*"))) + [tiny.__file__]:
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]

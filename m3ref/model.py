@@ -81,8 +81,11 @@ class M3Model(nn.Module):
         self.colbert_linear = nn.Linear(hidden, hidden if colbert_dim <= 0 else colbert_dim)
         self.sparse_linear = nn.Linear(hidden, 1)
         tok = tokenizer
+        # The id that ends a text: </s> for XLM-R, [SEP] for BERT-style tokenizers (no eos).
+        self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
         # Ids that never count as lexical terms (official: cls, eos, pad, unk). <mask> counts.
-        self.ignore_ids = tuple(sorted({tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}))
+        self.ignore_ids = tuple(sorted({i for i in (tok.cls_token_id, self.eos_id, tok.pad_token_id, tok.unk_token_id)
+                                        if i is not None}))
 
     # ------------------------------------------------------------------ forward
     @property
@@ -145,7 +148,7 @@ class M3Model(nn.Module):
         if max_length > self.max_length or max_length < 2:
             raise M3Error(f"max_length={max_length} is outside 2..{self.max_length} (this model's position table)")
         ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
-        cls, eos = self.tokenizer.cls_token_id, self.tokenizer.eos_token_id
+        cls, eos = self.tokenizer.cls_token_id, self.eos_id
         out, cut = [], 0
         for content in ids:
             if mcls_stride:

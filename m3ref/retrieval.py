@@ -25,7 +25,7 @@ import scipy.sparse
 import torch
 
 from m3ref.errors import M3Error
-from m3ref.scores import s_dense, s_inter, s_mul
+from m3ref.scores import s_dense, s_inter, s_mul_packed
 
 # Hybrid weights of the paper (Sec. 4.1-4.2) and the official eval scripts (notes Sec. 4):
 # "dense+sparse": (w_dense, w_lex); "all": (w_dense, w_lex, w_mul).
@@ -79,7 +79,11 @@ class Index:
         self.vocab_size = 1 + max((int(t) for w in corpus.sparse for t in w), default=0)
         # Inverted index: row t of the (V, N) CSR matrix is the postings list of token t.
         self.postings = lexical_matrix(corpus.sparse, self.vocab_size).T.tocsr()  # (V, N)
-        self.colbert = [torch.as_tensor(c) for c in corpus.colbert or []]
+        # ColBERT vectors of all passages back to back (T, d), passage i at offsets[i]:offsets[i]+lengths[i]
+        vecs = [torch.as_tensor(np.asarray(c, dtype=np.float32)) for c in corpus.colbert or []]
+        self.colbert_lengths = torch.tensor([len(v) for v in vecs], dtype=torch.long)  # (N,)
+        self.colbert_offsets = torch.cumsum(self.colbert_lengths, 0) - self.colbert_lengths  # (N,)
+        self.colbert = torch.cat(vecs) if vecs else None
         self.faiss = None
         if use_faiss:
             import faiss  # optional; exact inner-product search like the official scripts
@@ -98,35 +102,27 @@ class Index:
         q = lexical_matrix(q_sparse, self.vocab_size)  # (B, V)
         return torch.from_numpy((q @ self.postings).toarray())  # (B, N) float64
 
-    def mul_scores(self, q_vecs: np.ndarray, cand: list[int], budget: int = 1 << 16) -> torch.Tensor:
-        """s_mul of one query against passages `cand`, padded in chunks of <= `budget` vectors.
-
-        Chunks group passages of similar length, so little padding is computed. -> (len(cand),)
+    def mul_scores(self, q_vecs: np.ndarray, cand: list[int], budget: int = 1 << 18) -> torch.Tensor:
+        """s_mul of one query against passages `cand` (`scores.s_mul_packed`), in chunks of at
+        most `budget` passage vectors (one passage longer than that is a chunk alone). -> (len(cand),)
         """
-        if not self.colbert:
+        if self.colbert is None:
             raise M3Error("the corpus was encoded without ColBERT vectors (colbert=False)")
-        q = torch.as_tensor(q_vecs)[None]  # (1, Lq, d)
-        q_mask = torch.ones(q.shape[:2], dtype=torch.bool)  # (1, Lq)
-        lengths = [len(self.colbert[c]) for c in cand]
+        q = torch.as_tensor(np.asarray(q_vecs, dtype=np.float32))  # (Lq, d)
+        cand = torch.as_tensor(cand, dtype=torch.long)  # (k,)
+        lengths, starts = self.colbert_lengths[cand], self.colbert_offsets[cand]  # (k,), (k,)
         out = torch.zeros(len(cand), dtype=torch.float64)
-        for chunk in _chunks(lengths, budget):
-            p = torch.nn.utils.rnn.pad_sequence([self.colbert[cand[i]] for i in chunk],
-                                                batch_first=True)  # (n, Lp, d)
-            p_mask = torch.arange(p.shape[1])[None] < torch.tensor([lengths[i] for i in chunk])[:, None]
-            out[chunk] = s_mul(q, p, q_mask, p_mask)[0].double()  # (n,)
+        ends = torch.cumsum(lengths, 0)  # (k,) end of each candidate's vectors in the gathered block
+        lo = 0
+        while lo < len(cand):
+            base = int(ends[lo - 1]) if lo else 0
+            hi = max(lo + 1, int(torch.searchsorted(ends, base + budget, right=True)))
+            n = lengths[lo:hi]
+            # row of every vector of candidates lo..hi-1 in self.colbert
+            rows = torch.repeat_interleave(starts[lo:hi] - (ends[lo:hi] - n - base), n) + torch.arange(int(n.sum()))
+            out[lo:hi] = s_mul_packed(q, self.colbert[rows], n).double()
+            lo = hi
         return out
-
-
-def _chunks(lengths: list[int], budget: int):
-    """Split positions (sorted by length) into chunks with len(chunk) * longest <= budget."""
-    chunk = []
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if chunk and (len(chunk) + 1) * lengths[i] > budget:
-            yield chunk
-            chunk = []
-        chunk.append(i)
-    if chunk:
-        yield chunk
 
 
 def _topk(scores: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:

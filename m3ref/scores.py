@@ -94,6 +94,22 @@ def s_mul(q_vecs: torch.Tensor, p_vecs: torch.Tensor, q_mask: torch.Tensor, p_ma
     return best.sum(-1) / q_mask.sum(-1, keepdim=True)  # (B, N)
 
 
+def s_mul_packed(q_vecs: torch.Tensor, p_flat: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`s_mul` of one query against N passages stored back to back, without padding (ch. 03).
+
+    q_vecs (Lq, d): the query's real token vectors. p_flat (T, d): the passages' token vectors
+    one after another, passage i having lengths[i] > 0 of them (T = sum of lengths). One matrix
+    product gives every similarity; a segment max per passage and a mean over the query tokens
+    give the same numbers as `s_mul` with masks (the definition's max over real tokens).
+    Retrieval re-ranks candidates this way (`retrieval.Index.mul_scores`). -> (N,)
+    """
+    sim = q_vecs @ p_flat.T  # (Lq, T)
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=sim.device), lengths)  # (T,)
+    best = torch.full((sim.shape[0], len(lengths)), float("-inf"), dtype=sim.dtype, device=sim.device)
+    best = best.scatter_reduce(1, segment.expand_as(sim), sim, "amax")  # (Lq, N) max per passage
+    return best.mean(0)  # (N,)
+
+
 def s_inter(s_dense: torch.Tensor, s_lex: torch.Tensor, s_mul: torch.Tensor,
             weights: Sequence[float] = (1.0, 0.3, 1.0)) -> torch.Tensor:
     """Integrated score s_inter = w1*s_dense + w2*s_lex + w3*s_mul (paper Sec. 3.3; ch. 04).

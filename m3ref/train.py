@@ -95,6 +95,9 @@ class TrainConfig:
     # --- optimisation
     max_steps: int = 100
     lr: float = 1e-5
+    # The two heads (sparse_linear, colbert_linear) learn at lr * this. Below 1 it guards the
+    # ReLU sparse head against dying in the first unified steps (FlagEmbedding #982; ch. 12).
+    head_lr_scale: float = 1.0
     weight_decay: float = 0.01
     # Linear warm-up over this share of max_steps, then linear decay to 0.
     warmup_ratio: float = 0.1
@@ -104,8 +107,10 @@ class TrainConfig:
     grad_accum: int = 1
     # Autocast dtype on GPU (bf16 / fp16 with a grad scaler / fp32); CPU always runs fp32.
     precision: str = "bf16"
-    # Recompute encoder activations in backward (paper Sec. 3.4).
-    gradient_checkpointing: bool = False
+    # Recompute encoder activations in backward (paper Sec. 3.4): true / "layer" keeps each
+    # layer's input (the official way); "sub_batch" keeps only each sub-batch's input, one
+    # checkpoint per sub-batch (needs sub_batch_size; the least memory per text, ch. 08).
+    gradient_checkpointing: Union[bool, str] = False
     # Split-batch: encode this many texts at a time, "auto" (legacy table) or None.
     sub_batch_size: Union[int, str, None] = None
     # --- bookkeeping
@@ -127,13 +132,18 @@ class TrainConfig:
                          ("passage_max_len", 2), ("dense_steps", 0), ("save_every", 0), ("seed", 0),
                          ("self_distill_start_step", -1)):
             need(is_int(getattr(self, name)) and getattr(self, name) >= lo, name, f"must be an integer >= {lo}")
-        for name in ("lr", "temperature", "dist_timeout_s", "weight_decay", "max_grad_norm", "warmup_ratio"):
+        for name in ("lr", "temperature", "dist_timeout_s", "weight_decay", "max_grad_norm", "warmup_ratio",
+                     "head_lr_scale"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number")
-            need(v > 0 or (v == 0 and name in ("weight_decay", "max_grad_norm", "warmup_ratio")), name,
+            need(v > 0 or (v == 0 and name in ("weight_decay", "max_grad_norm", "warmup_ratio", "head_lr_scale")), name,
                  "must be > 0" if name in ("lr", "temperature", "dist_timeout_s") else "must be >= 0")
         need(self.warmup_ratio <= 1, "warmup_ratio", "must be <= 1")
-        for name in ("drop_last", "self_distill", "gradient_checkpointing", "tensorboard"):
+        need(isinstance(self.gradient_checkpointing, bool) or self.gradient_checkpointing in ("layer", "sub_batch"),
+             "gradient_checkpointing", "choose one of true, false, layer, sub_batch")
+        need(self.gradient_checkpointing != "sub_batch" or self.sub_batch_size is not None, "gradient_checkpointing",
+             "sub_batch needs a sub_batch_size")
+        for name in ("drop_last", "self_distill", "tensorboard"):
             need(isinstance(getattr(self, name), bool), name, "must be true or false")
         for name, options in (("precision", ("bf16", "fp16", "fp32")), ("preset", ("official", "paper")),
                               ("teacher_kd", (None, "m3_kd_loss", "kl_div")), ("cross_device", CROSS_DEVICE)):
@@ -263,8 +273,9 @@ def batch_loss(model: M3Model, queries, passages, teacher_scores, cfg: TrainConf
         warnings.simplefilter("ignore")
         q_ids = model.tokenize(queries, cfg.query_max_len)
         p_ids = model.tokenize([t for g in passages for t in g], cfg.passage_max_len)
-    q = encode(model, model.collate(q_ids), cfg.sub_batch_size)  # (B, ...)
-    p = encode(model, model.collate(p_ids), cfg.sub_batch_size)  # (B*G, ...)
+    per_sub_batch = cfg.gradient_checkpointing == "sub_batch"
+    q = encode(model, model.collate(q_ids), cfg.sub_batch_size, per_sub_batch)  # (B, ...)
+    p = encode(model, model.collate(p_ids), cfg.sub_batch_size, per_sub_batch)  # (B*G, ...)
     teacher = None
     if teacher_scores is not None and cfg.teacher_kd and m3.unified:
         teacher = torch.softmax(torch.tensor(teacher_scores, device=q.dense.device).view(B, G), dim=-1)
@@ -297,7 +308,7 @@ def _load_model(cfg: TrainConfig, resume: Optional[Path], env: DistEnv) -> M3Mod
     model = M3Model.from_pretrained(path, init_heads=resume is None, device=env.device)
     broadcast_parameters(model, env)
     torch.manual_seed(cfg.seed + env.rank)  # nanoGPT's seed_offset: different dropout masks per rank
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing in (True, "layer"):
         enable_checkpointing(model)
     return model.train()
 
@@ -360,10 +371,13 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     model = _load_model(cfg, ckpt, env)
     buckets = {s: make_buckets(d, model.tokenizer, cfg.length_edges) for s, d in stage_data.items()}
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]  # no weight decay on biases and LayerNorm
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    groups = []  # no weight decay on biases and LayerNorm; the heads may learn at a scaled rate
+    for part, scale in ((model.encoder, 1.0), (model.sparse_linear, cfg.head_lr_scale),
+                        (model.colbert_linear, cfg.head_lr_scale)):
+        params = [p for p in part.parameters() if p.requires_grad]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     cuda = env.device.startswith("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.precision] if cuda else None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -439,7 +453,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
                 stop(f"gradient norm = {norm.item()} is not finite")
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

@@ -82,28 +82,31 @@ def test_make_buckets_by_file_tag_or_token_length():
 
 
 
-def _loss_and_grads(model, sub_batch_size):
+def _loss_and_grads(model, sub_batch_size, checkpointing=False):
     from m3ref.train import TrainConfig, batch_loss
     queries = ["why is the sky blue", "capital of France", "how do bees make honey"]
     passages = [["Rayleigh scattering of sunlight makes the sky look blue to us.", "Paris is big."],
                 ["Paris is the capital and largest city of France.", "Bees live in hives and dance."],
                 ["Bees turn nectar into honey by evaporation and enzymes in the hive.", "Blue whales."]]
-    cfg = TrainConfig(train_data=".", query_max_len=16, passage_max_len=32, sub_batch_size=sub_batch_size)
+    cfg = TrainConfig(train_data=".", query_max_len=16, passage_max_len=32, sub_batch_size=sub_batch_size,
+                      gradient_checkpointing=checkpointing)
     model.zero_grad(set_to_none=True)
     out = batch_loss(model, queries, passages, None, cfg, M3Config(), step=0)
     out["L_final"].backward()
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_split_batch_with_checkpointing_equals_full_batch(nodrop_dir):
+@pytest.mark.parametrize("checkpointing", ["layer", "sub_batch"])
+def test_split_batch_with_checkpointing_equals_full_batch(nodrop_dir, checkpointing):
     from m3ref import M3Model
     model = M3Model.from_pretrained(nodrop_dir, device="cpu").train()
     full, g_full = _loss_and_grads(model, None)
-    enable_checkpointing(model)
+    if checkpointing == "layer":
+        enable_checkpointing(model)
     calls = []
     model.encoder.encoder.layer[0].intermediate.register_forward_hook(lambda *_: calls.append(1))
-    split, g_split = _loss_and_grads(model, 2)  # 3 queries -> 2 + 1, 6 passages -> 2 + 2 + 2
-    assert len(calls) == 2 * 5  # 5 sub-batches, each layer run again in backward (checkpointing)
+    split, g_split = _loss_and_grads(model, 2, checkpointing)  # 3 queries -> 2 + 1, 6 passages -> 2 + 2 + 2
+    assert len(calls) == 2 * 5  # 5 sub-batches, each run again in backward (checkpointing)
     for k in ("L_final", "L_dense", "L_lex", "L_mul", "L_prime"):
         assert split[k].item() == pytest.approx(full[k].item(), rel=1e-5, abs=1e-6), k
     assert g_split.keys() == g_full.keys() and len(g_full) > 30

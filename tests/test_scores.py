@@ -106,3 +106,17 @@ def test_s_inter_and_weighted_average():
     assert s_inter(d, l, m, (0.2, 0.8, 0.0)).item() == pytest.approx(0.1 + 1.6)
     assert weighted_average((d, l, m), (1, 1, 2)).item() == pytest.approx((0.5 + 2.0 + 0.5) / 4)
     assert math.isclose(weighted_average((1.0, 3.0), (1, 3)), 2.5)
+
+
+def test_s_mul_packed_equals_s_mul_with_masks():
+    from m3ref.scores import s_mul, s_mul_packed
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 1, 5, 2])
+    q = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)  # (Lq, d)
+    flat = torch.nn.functional.normalize(torch.randn(int(lengths.sum()), 8, generator=g), dim=-1)  # (T, d)
+    padded = torch.nn.utils.rnn.pad_sequence(list(flat.split(lengths.tolist())), batch_first=True)  # (N, 5, d)
+    p_mask = torch.arange(5)[None] < lengths[:, None]
+    expected = s_mul(q[None], padded, torch.ones(1, 4), p_mask)[0]  # (N,)
+    torch.testing.assert_close(s_mul_packed(q, flat, lengths), expected)
+    # by hand for passage 1 (one vector): the mean of the query tokens' similarities to it
+    torch.testing.assert_close(s_mul_packed(q, flat, lengths)[1], (q @ flat[3]).mean())

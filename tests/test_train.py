@@ -183,3 +183,25 @@ def test_train_data_may_list_several_paths(toy_data, tmp_path):
         _cfg(toy_data, None, tmp_path, train_data=short + [str(tmp_path / "missing.jsonl")]).check()
     with pytest.raises(M3Error, match="a second data file named 'ft_len-0-500'"):
         _stage_data(_cfg(toy_data, None, tmp_path, train_data=short + short[:1]))
+
+
+def test_head_lr_scale_zero_freezes_the_heads_only(toy_data, tiny_dir, tmp_path):
+    final = train(_cfg(toy_data, tiny_dir, tmp_path, dense_steps=0, max_steps=2, lr=1e-3, head_lr_scale=0.0,
+                       save_every=0))
+    for name in ("sparse_linear", "colbert_linear"):
+        before = torch.load(Path(tiny_dir) / f"{name}.pt", weights_only=True)
+        after = torch.load(final / f"{name}.pt", weights_only=True)
+        assert all(torch.equal(before[k], after[k]) for k in before), name
+    from safetensors.torch import load_file
+    enc_before, enc_after = load_file(Path(tiny_dir) / "model.safetensors"), load_file(final / "model.safetensors")
+    assert any(not torch.equal(enc_before[k], enc_after[k]) for k in enc_before)  # the encoder did learn
+
+
+def test_gradient_checkpointing_choices(toy_data, tmp_path):
+    for ok in (False, True, "layer"):
+        _cfg(toy_data, None, tmp_path, gradient_checkpointing=ok).check()
+    _cfg(toy_data, None, tmp_path, gradient_checkpointing="sub_batch", sub_batch_size=4).check()
+    with pytest.raises(M3Error, match="sub_batch needs a sub_batch_size"):
+        _cfg(toy_data, None, tmp_path, gradient_checkpointing="sub_batch").check()
+    with pytest.raises(M3Error, match="choose one of true, false, layer, sub_batch"):
+        _cfg(toy_data, None, tmp_path, gradient_checkpointing="all").check()

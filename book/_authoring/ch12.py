@@ -56,7 +56,8 @@ may name more, and the tables then show the mean over seeds). The untrained mode
 """),
 code(r"""
 names = [n for n in R["configs"] if n != "eval"]
-print(f"{'experiment':16s}{'init':>12s}{'dense':>7s}{'unified':>8s}{'G':>3s}{'lr':>8s}{'self-KD':>8s}{'seeds':>6s}{'CPU s':>7s}")
+print(f"{'experiment':19s}{'start':>12s}{'dense':>6s}{'unified':>8s}{'G':>3s}{'max len':>8s}{'lr':>7s}{'heads':>6s}"
+      f"{'self-KD':>8s}{'seeds':>6s}{'CPU s':>6s}")
 for n in names:
     c = R["configs"][n]
     cpu = sum(r["train_cpu_s"] for r in R["runs"][n].values()) / len(R["runs"][n])
@@ -64,10 +65,12 @@ for n in names:
     unified = t["max_steps"] - t.get("dense_steps", 0)
     g = t.get("group_size", 8) if unified else 1
     kd = t.get("self_distill", True) if unified else "-"
-    print(f"{n:16s}{str(c['init'] or 'scratch'):>12s}{t.get('dense_steps', 0):>7d}{unified:>8d}{g:>3d}"
-          f"{t['lr']:>8.0e}{str(kd):>8s}{len(c['seeds']):>6d}{cpu:>7.0f}")
+    start = c["init"] or c.get("backbone") or "scratch"
+    print(f"{n:19s}{start:>12s}{t.get('dense_steps', 0):>6d}{unified:>8d}{g:>3d}{t['passage_max_len']:>8d}"
+          f"{t['lr']:>7.0e}{t.get('head_lr_scale', 1.0):>6g}{str(kd):>8s}{len(c['seeds']):>6d}{cpu:>6.0f}")
 total = sum(r["train_cpu_s"] for n in names for r in R["runs"][n].values())
-evals = R["untrained"]["eval_cpu_s"] + sum(r["eval"]["eval_cpu_s"] for n in names for r in R["runs"][n].values())
+evals = (R["untrained"]["eval_cpu_s"] + sum(r["eval_cpu_s"] for r in R["backbones_untrained"].values())
+         + sum(r["eval"]["eval_cpu_s"] for n in names for r in R["runs"][n].values()))
 print(f"training, all runs: {total:.0f} CPU seconds; evaluation, all checkpoints: {evals:.0f} CPU seconds")
 print("(CPU s per run = mean over seeds; one torch thread per process)")
 """),
@@ -146,15 +149,26 @@ PAPER_MLDR_EXTRA = {"dense w.o. long data": 41.2, "dense w.o. long data + MCLS":
 UNTRAINED = R["untrained"]
 
 def evs(name):
-    return [UNTRAINED] if name == "untrained" else [r["eval"] for r in R["runs"][name].values()]
+    if name == "untrained":
+        return [UNTRAINED]
+    if name.endswith("_untrained"):  # a pretrained backbone with fresh heads
+        return [R["backbones_untrained"][name.removesuffix("_untrained")]]
+    return [r["eval"] for r in R["runs"][name].values()]
 
 def ev(name):
     return evs(name)[0]
 
+def bm25_source(name):
+    # BM25 does not depend on the weights, only on the tokenizer: take it from the untrained model
+    if name in R["runs"]:
+        backbone = R["configs"][name].get("backbone")
+        return f"{backbone}_untrained" if backbone else "untrained"
+    return name
+
 def score(name, bench, method, lang="avg", metric=None, seed=None):
-    # mean over the config's seeds (or one seed); BM25 does not depend on the model
-    runs = evs("untrained" if method == "bm25" else name)
-    if seed is not None and name != "untrained" and method != "bm25":
+    # mean over the config's seeds (or one seed)
+    runs = evs(bm25_source(name) if method == "bm25" else name)
+    if seed is not None and name in R["runs"] and method != "bm25":
         runs = [R["runs"][name][str(seed)]["eval"]]
     metric = metric or runs[0][bench]["metrics"][0]
     return float(np.mean([100 * r[bench]["scores"][method][lang][metric] for r in runs]))

@@ -39,8 +39,8 @@ TARGETS = {  # key: (direction, target, what)
     "encode_vs_flagembedding": (">=", 1.5, "encode time, FlagEmbedding / m3ref"),
     "encode_overhead_vs_bare_encoder": ("<=", 1.10, "encode time, m3ref / bare encoder"),
     "lexical_train_memory_vs_flagembedding": (">=", 10.0, "training peak memory at 250k vocab, FlagEmbedding / m3ref"),
-    "padding_share_grouped": ("<=", 0.05, "padding share, length-grouped batches"),
-    "max_batch_ratio_8k": (">=", 20.0, "max batch at 8k tokens, sub-batching + checkpointing / plain"),
+    "padding_share_grouped": ("<=", 0.05, "padding share, length-grouped batches, as the trainer encodes them"),
+    "max_batch_ratio_8k": (">=", 20.0, "max batch at 8k tokens, sub-batches with one checkpoint each / plain"),
     "sparse_retrieval_vs_flagembedding": (">=", 100.0, "sparse retrieval time, per-pair loop / inverted index"),
 }
 met = {}
@@ -49,7 +49,16 @@ for key, (direction, target, what) in TARGETS.items():
     value = results[key]
     met[key] = value >= target if direction == ">=" else value <= target
     print(f"{key:<40} {direction}{target:>7g} {value:>9.3g}  {'yes' if met[key] else 'no'}")
-print(f"\nrandom batches, padding share: {results['padding_share_random']:.3g}")
+print()
+print(f"{'padding share':34}{'grouped':>9}{'random':>9}")
+for label, suffix in (("sorted sub-batches (the trainer)", ""), ("whole batches, one encoder call", "_whole_batch")):
+    print(f"{label:34}{results['padding_share_grouped' + suffix]:9.3f}{results['padding_share_random' + suffix]:9.3f}")
+print(f"{'encoder calls per run':34}{results['encoder_calls_grouped']:9.0f}{results['encoder_calls_random']:9.0f}")
+print()
+print(f"{'max batch, x the plain batch':34}" + "".join(f"{t:>7}" for t in ("1k", "4k", "8k")))
+for label, key in (("one checkpoint per sub-batch", "max_batch_ratio_{}"),
+                   ("a checkpoint per layer (official)", "max_batch_ratio_layer_ckpt_{}")):
+    print(f"{label:34}" + "".join(f"{results[key.format(t)]:7.1f}" for t in ("1k", "4k", "8k")))
 """),
 md(r"""
 The figure puts every measure on one scale: how far it is from its target. A bar
