@@ -47,9 +47,9 @@ SIZES = {
     # batch: the two batch sizes measured at each length (bigger at 1k, where fixed costs such
     # as the embedding gradients are of the same order as one passage)
     "quick": dict(hidden=32, heads=2, vocab=8000, depths=[1, 2], target_depth=24, lengths=[1024, 4096, 8192],
-                  batch={1024: [4, 8], 4096: [2, 4], 8192: [2, 4]}, sub_batch=1),
+                  batch={1024: [4, 8], 4096: [1, 2], 8192: [1, 2]}, sub_batch=1),
     "full": dict(hidden=1024, heads=16, vocab=250_002, depths=[24], target_depth=24, lengths=[1024, 4096, 8192],
-                 batch={1024: [4, 8], 4096: [2, 4], 8192: [2, 4]}, sub_batch=1),
+                 batch={1024: [4, 8], 4096: [1, 2], 8192: [1, 2]}, sub_batch=1),
 }
 CONFIGS = ("plain", "ckpt", "split_layer", "split")
 LAYER_CKPT = ("ckpt", "split_layer")  # configurations on the per-layer checkpointed model

@@ -169,3 +169,21 @@ def test_a_retrained_tokenizer_has_xlmr_special_ids(tmp_path):
         assert t.mask_token_id == len(t) - 1
     ids = again("Hello\nworld").input_ids
     assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids  # a newline is a space, not <unk>
+
+
+def test_a_bert_style_encoder_ends_texts_with_sep(tmp_path):
+    """BERT tokenizers have no eos token: [SEP] ends a text and is not a lexical term."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "sky", "is", "blue", "sea"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    torch.manual_seed(0)
+    enc = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=64), add_pooling_layer=False)
+    enc.save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    model = M3Model.from_pretrained(tmp_path / "bert", init_heads=True, device="cpu")
+    assert model.eos_id == 3 and set(model.ignore_ids) == {0, 1, 2, 3}
+    assert model.tokenize(["the sky is blue"], 16) == [[2, 5, 6, 7, 8, 3]]
+    out = model.encode(["the sky is blue", "the sea"], max_length=16)
+    assert out.dense.shape == (2, 16) and set(out.sparse[1]) <= {5, 9}  # no [CLS]/[SEP] weights
+    assert model.max_length == 64

