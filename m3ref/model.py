@@ -171,13 +171,11 @@ class M3Model(nn.Module):
     def collate(self, seqs: Sequence[list], mcls: bool = False) -> dict:
         """Right-pad token id lists into tensors on the model's device."""
         pad, cls = self.tokenizer.pad_token_id, self.tokenizer.cls_token_id
-        length = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
-        batch = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        lengths = torch.tensor([len(s) for s in seqs])  # (B,)
+        mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (B, L) real tokens first
+        ids = torch.full(mask.shape, pad, dtype=torch.long)
+        ids[mask] = torch.tensor([t for s in seqs for t in s], dtype=torch.long)  # row by row, as mask orders them
+        batch = {"input_ids": ids.to(self.device), "attention_mask": mask.long().to(self.device)}
         if mcls:
             batch["cls_mask"] = (batch["input_ids"] == cls) & batch["attention_mask"].bool()
         return batch
@@ -248,11 +246,13 @@ class M3Model(nn.Module):
     def _lexical_dicts(self, ids: torch.Tensor, weights: torch.Tensor) -> list:
         """Per text {token id: max weight} without ignored ids and zero weights (ch. 02)."""
         vocab, vectors = term_weight_vectors(ids, weights, self.ignore_ids)  # (U,), (B, U)
-        rows, cols = vectors.nonzero(as_tuple=True)
-        vocab, vals = vocab[cols].tolist(), vectors[rows, cols].tolist()
-        out = [{} for _ in range(ids.shape[0])]
-        for r, t, w in zip(rows.tolist(), vocab, vals):
-            out[r][t] = w
+        rows, cols = vectors.nonzero(as_tuple=True)  # row-major: each text's entries together
+        counts = torch.bincount(rows, minlength=ids.shape[0]).tolist()
+        keys, vals = vocab[cols].tolist(), vectors[rows, cols].tolist()
+        out, start = [], 0
+        for n in counts:
+            out.append(dict(zip(keys[start:start + n], vals[start:start + n])))
+            start += n
         return out
 
     @torch.inference_mode()

@@ -85,7 +85,8 @@ def test_lexical_memory_flagembedding_needs_more_for_the_same_loss():
 
 def test_max_batch_split_batch_fits_more_passages():
     import bench_max_batch
-    r = bench_max_batch.run("quick", {"hidden": 16, "lengths": [1024], "batch": {1024: [2, 4]}, "depths": [1, 2]})
+    r = bench_max_batch.run("quick", {"hidden": 16, "lengths": [1024], "batch": {1024: [2, 4]}, "depths": [1, 2],
+                                      "configs": list(bench_max_batch.CONFIGS)})
     floats(r, ["max_batch_ratio_1k", "max_batch_ratio_layer_ckpt_1k", "max_batch_split_1k", "max_batch_plain_1k"])
     per = {c: r[f"max_batch_bytes_per_passage_{c}_1k"] for c in ("plain", "ckpt", "split_layer", "split")}
     # a text keeps: its outputs (split) < each layer's input (split_layer <= ckpt) < every activation (plain)
@@ -105,8 +106,8 @@ def test_encode_outputs_match_flagembedding():
     import bench_encode
     r = bench_encode.run("quick", {"hidden": 32, "layers": 1, "heads": 2, "n_queries": 6, "n_passages": 6,
                                    "long_tokens": [300], "batch_size": 4, "repeat": 1,
-                                   "overhead_repeat": 1})
-    floats(r, ["encode_vs_flagembedding", "encode_overhead_vs_bare_encoder"])
+                                   "overhead_repeat": 1, "heads_repeat": 1})
+    floats(r, ["encode_vs_flagembedding", "encode_overhead_vs_bare_encoder", "encode_heads_vs_bare_encoder"])
     assert r["encode_dense_max_abs_diff"] < 1e-4 and r["encode_colbert_max_abs_diff"] < 1e-4
     assert r["encode_sparse_keys_equal"] == 1.0
     assert r["encode_padded_tokens_m3ref"] >= r["encode_n_tokens"]

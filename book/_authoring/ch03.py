@@ -239,6 +239,31 @@ md(r"""
 > vectors share a large common direction. The trained BGE-M3 aligns identical words,
 > paraphrases and translations, which is what makes multi-vector retrieval strong.
 
+## Re-ranking without padding
+
+In retrieval, $s_{mul}$ re-ranks the dense top-200 of a query (chapter 4). Padding 200 passages of
+different lengths into one tensor wastes work on the padding. `retrieval.Index` stores every
+passage's vectors back to back instead, and `scores.s_mul_packed` scores a query against a run of
+them: one matrix product for all similarities, then a maximum per passage (a segment max) and the
+mean over the query tokens. It is the same number as the masked `s_mul`:
+"""),
+code(r"""
+from m3ref.scores import s_mul, s_mul_packed
+
+show(s_mul_packed)
+texts = [p for _, p in pairs]
+enc = model.encode(texts, return_dense=False, return_sparse=False)
+q_vecs = torch.as_tensor(model.encode(pairs[0][0], return_dense=False, return_sparse=False).colbert)  # (N_q, d)
+flat = torch.as_tensor(np.concatenate(enc.colbert))  # (T, d): the passages one after another
+lengths = torch.tensor([len(c) for c in enc.colbert])
+packed = s_mul_packed(q_vecs, flat, lengths)  # (N,)
+padded = torch.nn.utils.rnn.pad_sequence([torch.as_tensor(c) for c in enc.colbert], batch_first=True)
+masked = s_mul(q_vecs[None], padded, torch.ones(1, len(q_vecs)), torch.arange(padded.shape[1])[None] < lengths[:, None])[0]
+print("packed:", packed.numpy().round(4))
+print("masked:", masked.numpy().round(4))
+assert torch.allclose(packed, masked, atol=1e-6)
+"""),
+md(r"""
 ## Summary
 
 * Every token after [CLS], `</s>` included, gets a unit vector $E = \mathrm{norm}(\mathbf{W}_{mul}^\top \mathbf{H}[1{:}])$.

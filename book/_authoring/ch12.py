@@ -238,6 +238,9 @@ print(f"chance: {chance['mkqa@100']:.1f}\n")
 table("m3_full", "mkqa", "success@20", PAPER["mkqa@20"], "MKQA-like Recall@20")
 print(f"chance: {chance['mkqa@20']:.1f}")
 """),
+code(r"""
+bars("mkqa", "mkqa@20", metric="success@20", title="MKQA-like Recall@20: paper vs ours")
+"""),
 "MKQA_PROSE",
 md(r"""
 ## MLDR-like: long documents, nDCG@10
@@ -253,6 +256,9 @@ table("m3_full", "mldr", paper=PAPER["mldr"], title="MLDR-like")
 print(f"\nchance (43 documents, one relevant): {chance['mldr']:.1f}")
 for label, p in PAPER_MLDR_EXTRA.items():
     print(f"paper: {label:28s}{p:5.1f}")
+"""),
+code(r"""
+bars("mldr", "mldr", title="MLDR-like nDCG@10 (en): paper vs ours")
 """),
 md(r"""
 **MCLS vs plain [CLS].** The dense row of every evaluated model, with and without MCLS, per seed:
@@ -378,6 +384,23 @@ for bench, metric, paper in (("miracl", "ndcg@10", PAPER["miracl"]), ("mkqa", "s
     print()
 print("sparse heads, share of all-zero passages:",
       {n: ev(n)["lexical_stats"]["share_all_zero"] for n in ("minilm_untrained", "en_m3", "en_no_self_distill")})
+"""),
+code(r"""
+keys = [k for k, _ in ROWS]
+x = np.arange(len(keys))
+fig, ax = plt.subplots(figsize=(7, 3))
+for off, (label, values) in zip((-0.27, 0, 0.27), (
+        ("paper (avg)", [PAPER["miracl"][k] for k in keys]),
+        ("MiniLM, fresh heads", [score("minilm_untrained", "miracl", k) for k in keys]),
+        ("MiniLM, fine-tuned (en_m3)", [score("en_m3", "miracl", k) for k in keys]))):
+    ax.bar(x + off, values, 0.27, label=label)
+ax.axhline(chance["miracl"], color="k", ls=":", lw=1, label="chance")
+ax.set_xticks(x, [l for _, l in ROWS], fontsize=8)
+ax.set_ylabel("x100")
+ax.set_title("MIRACL-like nDCG@10 (en) with a pretrained encoder", fontsize=10)
+ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+plt.tight_layout()
+plt.show()
 """),
 "MINILM_PROSE",
 md(r"""

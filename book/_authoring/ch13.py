@@ -85,30 +85,39 @@ plt.show()
 md(r"""
 ## Reading the results
 
-The three goals that concern the official code's design are met. Encoding is faster mostly because
-`encode` caps the padded tokens in a batch, and FlagEmbedding also runs its first batch twice to probe the
-batch size. Lexical training memory is far lower because `m3ref` never builds the (batch, length,
-vocabulary) tensor (chapter 2). Sparse retrieval is faster because one sparse matrix product
-replaces the per-pair dictionary loop.
+All six targets are met in the stored run.
 
-Three goals are missed. `benchmarks/RESULTS.md` gives the reasons and the measured fixes:
-
-* **Overhead above the bare encoder.** The encoder is tiny here, so tokenization, collation and output building weigh more than they would for BGE-M3.
-* **Padding with length groups.** The length buckets are wide, and even one bucket's batches mix short and long rows. Sorting the rows inside a batch before cutting sub-batches would cut the padding further. RESULTS.md measures this change, which is not yet applied.
-* **Max batch at 8k tokens.** With PyTorch's SDPA attention, a layer without checkpointing keeps only a bounded multiple of what it keeps with checkpointing, and that caps the ratio below 20 (RESULTS.md derives the bound). The paper's ratio at 8192 tokens, 130 / 6 ≈ 21.7, came from a baseline that stored full attention matrices.
+* **Encode speed.** `encode` caps the padded tokens of a batch (`length_batches`), and FlagEmbedding also runs its
+  first batch twice to probe the batch size.
+* **Overhead above the bare encoder.** `encode` runs only the heads that were asked for, and the ColBERT head only on
+  real tokens, gathered without padding. Tokenization is the largest remaining cost. On this 2-layer model the
+  figure moves by a few per cent between runs; for BGE-M3 the encoder costs about 1,000 times more per token, and the
+  same overhead would be far below 1 %.
+* **Lexical training memory.** `m3ref` never builds the (batch, length, vocabulary) tensor (chapter 2).
+* **Padding.** The key measures what the trainer encodes: length-grouped batches, whose texts `batching.encode`
+  sorts by length before it cuts the `auto` sub-batches (chapter 8). Padding whole batches, grouping alone leaves
+  more (printed above); chapter 12 compares grouped and random batches.
+* **Max batch at 8k tokens.** With one checkpoint per sub-batch, a text keeps only its inputs and outputs until the
+  backward pass, so the largest batch grows far beyond the plain one. With a checkpoint per layer, the way the
+  official code does it, each text keeps 24 layer inputs, and the ratio stays near 15: with PyTorch's SDPA attention a
+  layer keeps only about 18 times its input for the backward pass. The paper's 130 / 6 ≈ 21.7 at 8,192 tokens came
+  from a baseline that stored full attention matrices.
+* **Sparse retrieval.** One sparse matrix product replaces the per-pair dictionary loop. Counting the time to build
+  the index, the gain is smaller (`sparse_retrieval_vs_flagembedding_incl_index_build`).
 """),
 code(r"""
-assert met["encode_vs_flagembedding"] and met["lexical_train_memory_vs_flagembedding"]
-assert met["sparse_retrieval_vs_flagembedding"]
-assert not met["padding_share_grouped"] and not met["max_batch_ratio_8k"]
-assert results["padding_share_grouped"] < results["padding_share_random"]
+assert all(met.values()), met
+assert results["padding_share_grouped_whole_batch"] > results["padding_share_grouped"]
+assert results["max_batch_ratio_layer_ckpt_8k"] < 20 < results["max_batch_ratio_8k"]
+assert results["sparse_retrieval_vs_flagembedding_incl_index_build"] < results["sparse_retrieval_vs_flagembedding"]
 print("checked")
 """),
 md(r"""
 ## Summary
 
 * Every benchmark is a ratio measured in one run, against FlagEmbedding on the same weights, or against the plain code path.
-* `m3ref` meets the goals on encode speed, lexical training memory and sparse retrieval, and misses three others. The text above gives the reasons, and `benchmarks/RESULTS.md` the fixes.
+* `m3ref` meets all six targets on this CPU. Two of them depend on choices the official code does not make: sorting
+  texts before cutting sub-batches, and one checkpoint per sub-batch instead of one per layer.
 * On a GPU, `python benchmarks/run.py --full` runs the same measures at BGE-M3's size in bf16.
 
 ## Exercises
