@@ -38,7 +38,8 @@ def test_padding_grouped_batches_pad_less_than_random_ones(small_train_dir):
     r = bench_padding.run("quick", {"data": small_train_dir, "epochs": 1})
     keys = ["padding_share_grouped", "padding_share_random", "padding_share_grouped_whole_batch",
             "padding_share_random_whole_batch", "padding_share_grouped_sub_batch_unsorted"]
-    floats(r, keys + ["encoder_calls_grouped", "encoder_calls_random"])
+    floats(r, keys + ["encoder_calls_grouped", "encoder_calls_random", "batching_throughput_grouped_vs_random"])
+    assert r["batching_tokens_per_s_grouped"] > 0 and r["batching_tokens_per_s_random"] > 0
     for k in keys:
         assert 0.0 <= r[k] <= 1.0, k
     assert r["padding_share_grouped_whole_batch"] < r["padding_share_random_whole_batch"]
