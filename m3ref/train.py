@@ -371,12 +371,13 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     model = _load_model(cfg, ckpt, env)
     buckets = {s: make_buckets(d, model.tokenizer, cfg.length_edges) for s, d in stage_data.items()}
 
-    groups = []  # no weight decay on biases and LayerNorm; the heads may learn at a scaled rate
-    for part, scale in ((model.encoder, 1.0), (model.sparse_linear, cfg.head_lr_scale),
-                        (model.colbert_linear, cfg.head_lr_scale)):
-        params = [p for p in part.parameters() if p.requires_grad]
-        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    params = [p for p in model.parameters() if p.requires_grad]
+    heads = {id(p) for head in (model.sparse_linear, model.colbert_linear) for p in head.parameters()}
+    # no weight decay on biases and LayerNorm; the heads may learn at a scaled rate
+    groups = [{"params": [p for p in params if (id(p) in heads) == is_head and (p.dim() >= 2) == decay],
+               "weight_decay": cfg.weight_decay if decay else 0.0,
+               "lr_scale": cfg.head_lr_scale if is_head else 1.0}
+              for is_head in (False, True) for decay in (True, False)]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     cuda = env.device.startswith("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.precision] if cuda else None

@@ -205,3 +205,9 @@ def test_gradient_checkpointing_choices(toy_data, tmp_path):
         _cfg(toy_data, None, tmp_path, gradient_checkpointing="sub_batch").check()
     with pytest.raises(M3Error, match="choose one of true, false, layer, sub_batch"):
         _cfg(toy_data, None, tmp_path, gradient_checkpointing="all").check()
+
+
+def test_gradient_norm_and_rank_averaging_cover_every_parameter(toy_data, tiny_dir, tmp_path):
+    # the dense-only stage gives no gradient to the heads: its logged norm is the encoder's
+    train(_cfg(toy_data, tiny_dir, tmp_path, dense_steps=1, max_steps=2, save_every=0, head_lr_scale=0.5))
+    assert all(r["grad_norm"] > 0 for r in _log(tmp_path))
