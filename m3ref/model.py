@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Sequence
 
 import numpy as np
@@ -59,16 +59,14 @@ class Embeddings:
 
     def select(self, index: torch.Tensor) -> "Embeddings":
         """Rows `index` of every field, in that order (differentiable)."""
-        return Embeddings(*(getattr(self, name)[index]
-                            for name in ("dense", "ids", "weights", "colbert", "colbert_mask")))
+        return Embeddings(*(getattr(self, f.name)[index] for f in fields(Embeddings)))
 
     @staticmethod
     def cat(parts: Sequence["Embeddings"], pad_id: int) -> "Embeddings":
         """Concatenate sub-batches along B, padding L to the longest one."""
         length = max(p.ids.shape[1] for p in parts)
         parts = [p.pad(length, pad_id) for p in parts]
-        return Embeddings(*(torch.cat([getattr(p, name) for p in parts])
-                            for name in ("dense", "ids", "weights", "colbert", "colbert_mask")))
+        return Embeddings(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Embeddings)))
 
 
 class M3Model(nn.Module):
