@@ -1,5 +1,4 @@
 # Prose cells of ch12 (each: markdown, then the code cell whose asserts check every comparison it states).
-TINY_UNIFIED = ["m3_full", "no_self_distill", "m3_no_long", "m3_slow_heads", "finetune_only"]
 
 PROSE["MIRACL_PROSE"] = [
 md(r"""
@@ -46,13 +45,13 @@ md(r"""
 The paper's long-document table is the one where sparse retrieval beats dense (62.2 against 52.5), and MCLS
 lifts a dense model trained without long data from 41.2 to 45.0. At our scale only the first point has a
 counterpart: the lexical rows of the untrained and dense-only models and BM25 are the best MLDR-like rows, while
-every dense score, with or without MCLS, stays within 6 points of chance (10.6). MCLS moves the dense score by
+every dense score, with or without MCLS, stays below twice the chance level (10.6). MCLS moves the dense score by
 a few points up or down, with no consistent sign. That is expected: MCLS averages [CLS] states that carry
 meaning; when the states carry none, it averages noise. The sparse row of `m3_full` is 0 here too.
 """),
 code(r"""
 for name, seed, plain, mcls in mcls_rows:
-    assert abs(plain - chance["mldr"]) < 6 and abs(mcls - chance["mldr"]) < 6, (name, seed)
+    assert plain < 2 * chance["mldr"] and mcls < 2 * chance["mldr"], (name, seed)
 changes = [mcls - plain for _, _, plain, mcls in mcls_rows]
 assert min(changes) < 0 < max(changes)                          # no consistent effect of MCLS
 best_lexical = max(score(n, "mldr", "sparse") for n in ("untrained", "dense_only"))
@@ -84,49 +83,56 @@ print("checked")
 ]
 PROSE["SD_PROSE"] = [
 md(r"""
-The paper finds that self-distillation helps every mode, the sparse one most. For the tiny model the
-comparison is empty: in every run, with and without $\mathcal{L}'$ and for both seeds, the sparse head dies, so
-its row is 0. The dense and multi-vector rows of both recipes are close to chance. Self-distillation from
-step 0 (the advice of #982) did not prevent the collapse here. The pretrained encoder below repeats this
-ablation where the scores are far from chance.
+The paper finds that self-distillation helps every mode, the sparse one most. For the tiny model the dense and
+multi-vector rows of both recipes are close to chance, and what decides the sparse row is whether the sparse head
+survives fine-tuning (next section). With $\mathcal{L}'$ it died in both seeds; without it, it survived in seed 0
+and died in seed 1. So self-distillation from step 0 (the advice of #982) did not prevent the collapse here, and
+two seeds cannot say whether it made it more likely. The pretrained encoder below repeats this ablation where
+the scores are far from chance.
 """),
 code(r"""
+for seed in R["runs"]["m3_full"]:
+    assert score("m3_full", "miracl", "sparse", seed=int(seed)) == 0.0, seed
+assert score("no_self_distill", "miracl", "sparse", seed=0) > 5 * chance["miracl"]
+assert score("no_self_distill", "miracl", "sparse", seed=1) == 0.0
 for name in ("m3_full", "no_self_distill"):
-    for seed in R["runs"][name]:
-        assert score(name, "miracl", "sparse", seed=int(seed)) == 0.0, (name, seed)
     assert score(name, "miracl", "dense") < 3 * chance["miracl"], name
 print("checked")
 """),
 ]
 PROSE["COLLAPSE_PROSE"] = [
 md(r"""
-This is issue #982 reproduced. Every unified run of the tiny model ends with zero lexical weight on every passage:
-`m3_full` and `no_self_distill` (both seeds), `m3_no_long`, `finetune_only`, and `m3_slow_heads`. The early
+This is issue #982 reproduced. Six of the eight unified runs of the tiny model end with zero lexical weight on
+every passage: `m3_full` and `m3_no_long` (both seeds), `finetune_only`, and `no_self_distill` seed 1. The early
 lexical losses are large, because the scores of a random head on a random encoder, divided by $\tau=0.02$,
-are far apart (the first step of `m3_full` seed 0 has $\mathcal{L}_{lex} \approx 100$). Within a few steps
+are far apart (the first step of `m3_full` seed 0 has $\mathcal{L}_{lex}$ above 50). Within a few steps
 every weight is 0, and $\mathcal{L}_{lex}$ sits at the loss of equal scores.
 
-`m3_slow_heads` is the remedy we tried: the heads learn at 1/20 of the encoder's rate (`head_lr_scale: 0.05`).
-Its sparse head dies as well. So the head need not move to die: the encoder's states move under it (at a rate
-of $2\cdot10^{-3}$), and $Wh+b$ falls below zero for every token. On the pretrained encoder, fine-tuned at
-$2\cdot10^{-5}$, the sparse head stays alive (next sections). At this scale the remedy is a slowly moving
-encoder, not a slow head.
+`m3_slow_heads` is the remedy we tried: the heads learn at 1/20 of the encoder's rate (`head_lr_scale: 0.05`),
+everything else as `m3_full`. Its sparse head survives, and its lexical row is the best of all tiny-model rows,
+above the untrained model's. One run is not proof, but it points at the heads' own first updates, not at the
+encoder, as what kills the head at this learning rate. On the pretrained encoder, fine-tuned at $2\cdot10^{-5}$,
+the sparse head stays alive too (next sections).
 
-The best lexical row of the tiny model belongs to `dense_only`, whose sparse head was never trained. The
-dense-only stage trains the encoder but leaves the heads alone, and a random sparse head on top of that encoder
-scores higher than on the untrained encoder.
+The dense-only stage trains the encoder but leaves the heads alone, and a random sparse head on top of that
+encoder also scores higher than on the untrained encoder.
 """),
 code(r"""
-for name in TINY_UNIFIED:
-    for seed, run in R["runs"][name].items():
-        assert run["eval"]["lexical_stats"]["share_all_zero"] == 1.0, (name, seed)
+TINY_UNIFIED = ["m3_full", "no_self_distill", "m3_no_long", "m3_slow_heads", "finetune_only"]
+COLLAPSED = [("m3_full", "0"), ("m3_full", "1"), ("m3_no_long", "0"), ("m3_no_long", "1"), ("finetune_only", "0"),
+             ("no_self_distill", "1")]
+for name, seed in COLLAPSED:
+    assert R["runs"][name][seed]["eval"]["lexical_stats"]["share_all_zero"] == 1.0, (name, seed)
+assert len(COLLAPSED) == 6 and sum(len(R["runs"][n]) for n in TINY_UNIFIED) == 8
 assert R["configs"]["m3_slow_heads"]["train"]["head_lr_scale"] == 0.05
+assert ev("m3_slow_heads")["lexical_stats"]["share_all_zero"] == 0.0
 assert R["runs"]["m3_full"]["0"]["first_step"]["L_lex"] > 50
 for name in ("en_m3", "en_no_self_distill"):
     assert ev(name)["lexical_stats"]["share_all_zero"] < 0.01, name
 tiny = ["untrained", "dense_only"] + TINY_UNIFIED
 best_lexical = max(tiny, key=lambda n: score(n, "miracl", "sparse"))
-assert best_lexical == "dense_only", best_lexical
+assert best_lexical == "m3_slow_heads", best_lexical
+assert score("m3_slow_heads", "miracl", "sparse") > score("untrained", "miracl", "sparse")
 assert score("dense_only", "miracl", "sparse") > score("untrained", "miracl", "sparse")
 print("checked")
 """),
@@ -136,7 +142,8 @@ md(r"""
 The paper's dense score rises with each added stage. Ours does not: every dense score of the tiny model is near
 chance, because neither stage is long enough to teach a random encoder dense retrieval. What the stages change here
 is the lexical path. The dense stage reshapes the encoder, and the untrained sparse head on top of it scores higher.
-Unified fine-tuning at $2\cdot10^{-3}$, with or without the dense stage before it, kills the sparse head.
+Unified fine-tuning at $2\cdot10^{-3}$, with or without the dense stage before it, kills the sparse head, unless the
+heads learn more slowly (`m3_slow_heads`).
 """),
 code(r"""
 for name in ("finetune_only", "dense_only", "m3_full"):
@@ -156,8 +163,9 @@ because a random projection of MiniLM's token states keeps much of their similar
 
 Where we differ: the paper's learned sparse row (53.9) is far above BM25 (31.9), ours (a random head) is below
 BM25, and fine-tuning on 67 English queries lowers it further instead of teaching it. Fine-tuning moves the other rows by about
-a point or two (Multi-vec up, Dense and All down), and self-distillation changes no row by more than half a
-point. The MKQA-like English set is too easy to separate anything: Dense finds nearly every answer in the top 20.
+a point or two (Multi-vec up, Dense and All down). Self-distillation changes Dense, Multi-vec, Dense+Sparse and All
+by at most 0.5 points, and Sparse by about 3 points upwards: the direction of the paper's finding (self-distillation
+helps the sparse score most), but on one seed and 33 queries, where one query is worth up to 3 points. The MKQA-like English set is too easy to separate anything: Dense finds nearly every answer in the top 20.
 A pretrained encoder needs far more than 136 training examples, or a learned teacher, before the paper's ablations show.
 """),
 code(r"""
@@ -173,8 +181,9 @@ for k in ("dense", "multivec", "all"):
     assert abs(score(ft, "miracl", k) - score(u, "miracl", k)) < 3, k
 assert score(ft, "miracl", "multivec") > score(u, "miracl", "multivec")
 assert score(ft, "miracl", "dense") < score(u, "miracl", "dense") and score(ft, "miracl", "all") < score(u, "miracl", "all")
-for k in ("dense", "sparse", "multivec", "dense+sparse", "all"):
+for k in ("dense", "multivec", "dense+sparse", "all"):
     assert abs(score(ft, "miracl", k) - score(nosd, "miracl", k)) <= 0.5, k
+assert 2 < score(ft, "miracl", "sparse") - score(nosd, "miracl", "sparse") < 4
 assert score(u, "mkqa", "dense", metric="success@20") > 90
 print("checked")
 """),
@@ -199,6 +208,6 @@ SUMMARY_2 = ("- The tiny model (a random 2-layer encoder, a few CPU minutes of t
              "through lexical matching; its dense and multi-vector rows stay near chance, and BM25 is its strongest row, "
              "the reverse of the paper. The pretrained MiniLM encoder puts dense and multi-vector retrieval far above BM25, "
              "with All > Multi-vec > Dense as in the paper.")
-SUMMARY_3 = ("- Unified fine-tuning kills the tiny model's sparse head in every run (FlagEmbedding #982), with or without "
-             "self-distillation and with slow heads; the ablations on long data, MCLS and self-distillation are within "
-             "seed noise at this scale.")
+SUMMARY_3 = ("- Unified fine-tuning kills the tiny model's sparse head in six of eight runs (FlagEmbedding #982), "
+             "self-distillation from step 0 included; heads at 1/20 of the encoder's learning rate kept it alive in the "
+             "one run tried. The ablations on long data and MCLS are within seed noise at this scale.")
