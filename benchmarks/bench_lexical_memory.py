@@ -113,15 +113,24 @@ def _rss_child(which: str, mode: str, sizes: dict) -> dict:
     return {"rss_growth_bytes": (hwm - rss0) * 1024}
 
 
-def _rss(which: str, mode: str, sizes: dict) -> float:
-    """`_rss_child` in a fresh interpreter (this file run with --rss-child)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", which, mode, json.dumps(sizes)]
+def _rss(mode: str, sizes: dict) -> dict:
+    """`_rss_child` of both libraries, each in a fresh interpreter (this file with --rss-child).
+    The two run side by side: each reads only its own process's RSS."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    res = json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
-    if "error" in res:
-        raise RuntimeError(res["error"])
-    return float(res["rss_growth_bytes"])
+    children = {which: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--rss-child", which, mode,
+                                         json.dumps(sizes)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env)
+                for which in ("flag", "m3ref")}
+    growth = {}
+    for which, child in children.items():
+        out, err = child.communicate()
+        if child.returncode:
+            raise RuntimeError(f"RSS child ({which}) failed: {err.strip().splitlines()[-1:]}")
+        res = json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
+        if "error" in res:
+            raise RuntimeError(res["error"])
+        growth[which] = float(res["rss_growth_bytes"])
+    return growth
 
 
 def run(mode: str = "quick", sizes: dict = None) -> dict:
@@ -167,7 +176,7 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
     }
     if s["rss"] and device == "cpu" and os.path.exists("/proc/self/clear_refs"):
         del ours, theirs
-        rss = {name: _rss(name, mode, sizes) for name in ("flag", "m3ref")}
+        rss = _rss(mode, sizes)
         out.update({"lexical_train_rss_ratio_vs_flagembedding": rss["flag"] / max(rss["m3ref"], 1.0),
                     "lexical_train_rss_bytes_flag": rss["flag"], "lexical_train_rss_bytes_m3ref": rss["m3ref"]})
     return out

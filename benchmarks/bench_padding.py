@@ -78,14 +78,16 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
     model = C.m3_model(C.encoder_config(32, 1, 2, len(C.tokenizer()))).eval()  # 1 layer of width 32
     buckets = make_buckets(load_train_data(s["data"]), model.tokenizer)
     names, los, rows = zip(*buckets)
-    cache = {}
+    cache = {}  # (text, max_len) -> token ids, each text tokenized once
 
-    def lengths(texts, max_len):
+    def token_ids(texts, max_len):
         todo = [t for t in dict.fromkeys(texts) if (t, max_len) not in cache]
         if todo:
-            for t, ids in zip(todo, model.tokenize(todo, max_len, warn=False)):
-                cache[(t, max_len)] = len(ids)
+            cache.update({(t, max_len): ids for t, ids in zip(todo, model.tokenize(todo, max_len, warn=False))})
         return [cache[(t, max_len)] for t in texts]
+
+    def lengths(texts, max_len):
+        return [len(ids) for ids in token_ids(texts, max_len)]
 
     # cap each bucket's batch at its size: the sample files hold 10 long examples per bucket
     sizes_per_bucket = [min(batch_size_for(lo, TABLE9), len(r)) for lo, r in zip(los, rows)]
@@ -122,7 +124,7 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
     # Throughput: the first epoch's batches through the trainer's encode path (forward only,
     # inference mode), on a 1-layer encoder of width 32; real tokens per second.
     from m3ref.batching import encode
-    collated = {k: [model.collate(model.tokenize(t, n, warn=False)) for batch in v[::s["throughput_every"]]
+    collated = {k: [model.collate(token_ids(t, n)) for batch in v[::s["throughput_every"]]
                     for t, n in batch] for k, v in texts.items()}
 
     def encoder_pass(kind):

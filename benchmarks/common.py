@@ -199,6 +199,44 @@ def ratio(result: dict, num: str, den: str, kind: str = "all") -> float:
     return float(statistics.median(x / y for x, y in zip(a, b)))
 
 
+class ModuleTimer:
+    """Wall seconds spent inside some modules' forward calls, while the `with` block runs.
+
+    `groups` maps a name to modules; `.seconds[name]` sums the time between each module's
+    forward pre-hook and forward hook (synchronised on a GPU). Used to split one call's time
+    into the encoder's share and the rest, with no second run to compare against.
+    """
+
+    def __init__(self, groups: dict, device: str = "cpu"):
+        self.groups, self.device = groups, device
+        self.seconds = {name: 0.0 for name in groups}
+        self._handles, self._start = [], {}
+
+    def __enter__(self):
+        for name, modules in self.groups.items():
+            for module in modules:
+                self._handles.append(module.register_forward_pre_hook(self._pre(module)))
+                self._handles.append(module.register_forward_hook(self._post(name, module)))
+        return self
+
+    def _pre(self, module):
+        def hook(*_):
+            sync(self.device)
+            self._start[id(module)] = time.perf_counter()
+        return hook
+
+    def _post(self, name, module):
+        def hook(*_):
+            sync(self.device)
+            self.seconds[name] += time.perf_counter() - self._start.pop(id(module))
+        return hook
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
 # ----------------------------------------------------------------------------- memory
 class LiveTensorPeak(TorchDispatchMode):
     """Peak bytes of tensor storages allocated inside the `with` block and still alive.
@@ -247,7 +285,9 @@ class PeakMemory:
         self.device, self.peak, self.marks = device, 0, {}
 
     def __enter__(self):
-        gc.collect()
+        if self.device == "cuda":  # free cyclic garbage the allocator would count as in use
+            gc.collect()  # (the CPU meter counts only tensors made inside the block; a full
+        # collection takes a quarter of a second once transformers is imported)
         # no automatic collection inside: tensors held by reference cycles stay counted until
         # the block ends, so the figure does not depend on when the collector happens to run
         self._gc = gc.isenabled()
