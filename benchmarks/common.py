@@ -285,9 +285,11 @@ class PeakMemory:
         self.device, self.peak, self.marks = device, 0, {}
 
     def __enter__(self):
-        if self.device == "cuda":  # free cyclic garbage the allocator would count as in use
-            gc.collect()  # (the CPU meter counts only tensors made inside the block; a full
-        # collection takes a quarter of a second once transformers is imported)
+        # On a GPU, free cyclic garbage the allocator would count as in use. The CPU meter counts
+        # only tensors made inside the block, and a full collection costs a quarter of a second
+        # once transformers is imported.
+        if self.device == "cuda":
+            gc.collect()
         # no automatic collection inside: tensors held by reference cycles stay counted until
         # the block ends, so the figure does not depend on when the collector happens to run
         self._gc = gc.isenabled()

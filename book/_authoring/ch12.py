@@ -422,6 +422,7 @@ print(f"{'encoder calls for the same examples':44s}{bench['encoder_calls_grouped
 print(f"{'real tokens per second (CPU, forward only)':44s}{bench['batching_tokens_per_s_grouped']:9.0f}"
       f"{bench['batching_tokens_per_s_random']:9.0f}")
 print(f"throughput, grouped / random: {bench['batching_throughput_grouped_vs_random']:.2f}x")
+assert round(bench["batching_throughput_grouped_vs_random"], 2) == 1.45  # "the stored run" below
 """),
 "BATCHING_PROSE",
 md(r"""

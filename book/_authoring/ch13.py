@@ -119,6 +119,9 @@ print(f"share of the call: tokenization {results['encode_tokenize_share']:.3f}, 
 code(r"""
 assert all(v for k, v in met.items() if k != "encode_overhead_vs_bare_encoder"), met
 assert results["encode_overhead_vs_bare_encoder"] < 1.15
+# the prose above: 1.11 against 1.10, tokenization about 4 % of the call
+assert round(results["encode_overhead_vs_bare_encoder"], 2) == 1.11 and not met["encode_overhead_vs_bare_encoder"]
+assert 0.035 <= results["encode_tokenize_share"] < 0.05
 assert results["padding_share_grouped_whole_batch"] > results["padding_share_grouped"]
 assert results["max_batch_ratio_layer_ckpt_8k"] < 20 < results["max_batch_ratio_8k"]
 assert results["sparse_retrieval_vs_flagembedding_incl_index_build"] < results["sparse_retrieval_vs_flagembedding"]
