@@ -89,3 +89,9 @@ class M3Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def summary(self) -> str:
+        """The constants of the loss on one line (how ch. 00 and ch. 06 print the presets)."""
+        return (f"{self.preset:>8}: tau = {self.temperature}, w = {self.ensemble_weights}, "
+                f"lambda = {self.loss_weights}, L/{self.l_divisor:g}, L'/{self.l_prime_divisor:g}, "
+                f"L_final = (L + L')/{self.l_final_divisor:g}")

@@ -145,7 +145,7 @@ class M3Model(nn.Module):
         texts = _check_texts(texts)
         if max_length > self.max_length or max_length < 2:
             raise M3Error(f"max_length={max_length} is outside 2..{self.max_length} (this model's position table)")
-        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+        ids = self._content_ids(texts) if texts else []
         cls, eos = self.tokenizer.cls_token_id, self.eos_id
         out, cut = [], 0
         for content in ids:
@@ -166,14 +166,24 @@ class M3Model(nn.Module):
                           f"and were truncated", stacklevel=3)
         return out
 
+    def _content_ids(self, texts: list) -> list:
+        """Token ids of each text, no special tokens. A fast tokenizer's `encode_batch_fast` gives
+        the same ids as `tokenizer(texts)` without computing character offsets (a quarter faster);
+        it is used only when the tokenizer file sets no truncation or padding of its own."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if hasattr(backend, "encode_batch_fast") and backend.truncation is None and backend.padding is None:
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
     def collate(self, seqs: Sequence[list], mcls: bool = False) -> dict:
         """Right-pad token id lists into tensors on the model's device."""
         pad, cls = self.tokenizer.pad_token_id, self.tokenizer.cls_token_id
-        lengths = torch.tensor([len(s) for s in seqs])  # (B,)
-        mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (B, L) real tokens first
-        ids = torch.full(mask.shape, pad, dtype=torch.long)
-        ids[mask] = torch.tensor([t for s in seqs for t in s], dtype=torch.long)  # row by row, as mask orders them
-        batch = {"input_ids": ids.to(self.device), "attention_mask": mask.long().to(self.device)}
+        ids = np.full((len(seqs), max(map(len, seqs))), pad, dtype=np.int64)  # (B, L)
+        mask = np.zeros(ids.shape, dtype=np.int64)  # (B, L) real tokens first
+        for row, seq in enumerate(seqs):
+            ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+        batch = {"input_ids": torch.from_numpy(ids).to(self.device),
+                 "attention_mask": torch.from_numpy(mask).to(self.device)}
         if mcls:
             batch["cls_mask"] = (batch["input_ids"] == cls) & batch["attention_mask"].bool()
         return batch

@@ -49,6 +49,25 @@ def test_long_texts_are_truncated_with_one_warning(tiny_model):
         assert tiny_model.encode(long, max_length=8192).colbert.shape[0] < 8191
 
 
+def test_tokenize_and_collate_match_the_tokenizers_own_padding(tiny_model):
+    # the fast path (`encode_batch_fast`) gives the ids `tokenizer(texts)` gives
+    texts = TEXTS + ["Москва — столица России. " * 40, "a\u0301 \u00e9 ＡＢＣ\t\n x"]
+    seqs = tiny_model.tokenize(texts, max_length=8192)
+    tok = tiny_model.tokenizer
+    assert seqs == tok(texts)["input_ids"]
+    batch = tiny_model.collate(seqs)
+    ref = tok(texts, padding=True, return_tensors="pt")
+    assert torch.equal(batch["input_ids"], ref["input_ids"])
+    assert torch.equal(batch["attention_mask"], ref["attention_mask"])
+    # a tokenizer file that truncates by itself: the fast path steps aside, nothing is cut
+    backend = tok.backend_tokenizer
+    backend.enable_truncation(4)
+    try:
+        assert tiny_model.tokenize(texts[-2:], max_length=8192)[0] == seqs[-2]
+    finally:
+        backend.no_truncation()
+
+
 def test_mcls_reduces_to_cls_for_short_texts_and_matches_a_reference(tiny_model):
     short = "A short sentence."
     assert np.allclose(tiny_model.encode(short, mcls_stride=256).dense, tiny_model.encode(short).dense, atol=1e-6)

@@ -137,9 +137,7 @@ loss. `M3Config` has both as presets. Chapter 6 runs both.
 """),
 code(r"""
 for preset in ("official", "paper"):
-    c = M3Config.from_preset(preset)
-    print(f"{preset:>8}: tau={c.temperature}, w={c.ensemble_weights}, lambda={c.loss_weights}, "
-          f"L/{c.l_divisor:g}, L'/{c.l_prime_divisor:g}, L_final=(L+L')/{c.l_final_divisor:g}")
+    print(M3Config.from_preset(preset).summary())
 """),
 md(r"""
 ## Checkpoints

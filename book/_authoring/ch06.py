@@ -222,9 +222,7 @@ two presets differ only in the divisor of $\mathcal{L}'$:
 """),
 code(r"""
 for preset in ("official", "paper"):
-    c = M3Config.from_preset(preset)
-    print(f"{preset:>8}: w = {c.ensemble_weights}, lambda = {c.loss_weights}, L/{c.l_divisor:g}, "
-          f"L'/{c.l_prime_divisor:g}, L_final = (L + L')/{c.l_final_divisor:g}")
+    print(M3Config.from_preset(preset).summary())
 """),
 md(r"""
 Both presets on the same batch: the paper's preset re-uses the score matrices of the official
