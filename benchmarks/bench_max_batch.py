@@ -21,10 +21,21 @@ For each configuration we measure the peak memory of forward + backward (`common
 live tensor bytes on CPU, `torch.cuda.max_memory_allocated` on a GPU) for n passages of
 exactly L tokens, with a loss that uses all three outputs (dense, lexical weights, ColBERT
 vectors; the (B, N) score matrices are left out: they depend on the number of queries, not
-on the encoder). Memory is affine in n: P(n) = a + b*n, and, because every layer has the
-same shapes, a and b are affine in the number of layers. Two batch sizes and two depths give
-a and b exactly; they are evaluated at BGE-M3's 24 layers. The largest batch that fits is
-floor((budget - a) / b).
+on the encoder). Memory is affine in n, P(n) = a + b*n, once n is large enough, and,
+because every layer has the same shapes, a and b are affine in the number of layers. Two
+batch sizes and two depths give a and b exactly; they are evaluated at BGE-M3's 24 layers. The
+largest batch that fits is floor((budget - a) / b).
+
+"Large enough": without checkpointing, P(n) is affine from n = 1. With checkpointing, the peak
+falls in the backward pass (for `split`, from n = 2 on, in the second sub-batch to be
+recomputed), and P(n) settles into its per-passage slope only from n = 3: the steps from 1 to 2
+and from 2 to 3 are larger than the later ones (measured, not derived), so a slope from n = 1, 2
+overstates b by up to 45 % at 8k tokens and understates the batch. The checkpointed configurations are
+therefore measured at n = 3 and 4; `max_batch_affine_error_1k` checks a fifth passage against
+the line through them (at 1k tokens, where it is cheap).
+
+The measured bytes do not depend on the number of CPU threads (checked: the same with 1 and
+2), so quick mode uses every core; on 2 cores it takes about a minute.
 
 CPU has no memory limit to hit, so the budget is the activation memory of the paper's GPU
 scaled to this model: (80 GB - 16 bytes/param of BGE-M3's 568M parameters for fp32 weights,
@@ -44,15 +55,14 @@ except ImportError:  # run as a script
 
 BGE_M3_PARAMS = 568e6
 SIZES = {
-    # batch: the two batch sizes measured at each length (bigger at 1k, where fixed costs such
-    # as the embedding gradients are of the same order as one passage)
+    # batch: the two batch sizes measured per configuration, where P(n) is affine (docstring)
     # quick leaves out `ckpt` (the paper's baseline, in full mode) to stay near a minute on 2 CPU cores
     "quick": dict(hidden=32, heads=2, vocab=8000, depths=[1, 2], target_depth=24, lengths=[1024, 4096, 8192],
-                  batch={1024: [4, 8], 4096: [2, 4], 8192: [1, 2]}, sub_batch=1,
-                  configs=["plain", "split_layer", "split"]),
+                  batch={"plain": [1, 2], "ckpt": [3, 4], "split_layer": [3, 4], "split": [3, 4]}, sub_batch=1,
+                  configs=["plain", "split_layer", "split"], threads=None),
     "full": dict(hidden=1024, heads=16, vocab=250_002, depths=[24], target_depth=24, lengths=[1024, 4096, 8192],
-                 batch={1024: [4, 8], 4096: [1, 2], 8192: [1, 2]}, sub_batch=1,
-                 configs=["plain", "ckpt", "split_layer", "split"]),
+                 batch={"plain": [1, 2], "ckpt": [3, 4], "split_layer": [3, 4], "split": [3, 4]}, sub_batch=1,
+                 configs=["plain", "ckpt", "split_layer", "split"], threads=None),
 }
 CONFIGS = ("plain", "ckpt", "split_layer", "split")
 LAYER_CKPT = ("ckpt", "split_layer")  # configurations on the per-layer checkpointed model
@@ -100,6 +110,10 @@ def fit(points: dict, target_depth: int) -> tuple:
     return tuple(ab[d1][i] + (target_depth - d1) * (ab[d2][i] - ab[d1][i]) / (d2 - d1) for i in (0, 1))
 
 
+def _tag(L: int) -> str:
+    return f"{L // 1024}k" if L % 1024 == 0 else str(L)
+
+
 def budget_bytes(s: dict, device: str, n_params: float) -> float:
     if device == "cuda":
         return torch.cuda.get_device_properties(0).total_memory - 16 * n_params
@@ -108,34 +122,45 @@ def budget_bytes(s: dict, device: str, n_params: float) -> float:
 
 def run(mode: str = "quick", sizes: dict = None) -> dict:
     s = {**SIZES[mode], **(sizes or {})}
+    with C.torch_threads(s.get("threads")):
+        return _run(s, mode)
+
+
+def _measure(models: dict, s: dict, config: str, texts: list, L: int, n: int, device: str, dtype) -> int:
+    """Peak bytes of `config` for the first n of `texts` (each exactly L tokens)."""
+    batch = models[False].collate(models[False].tokenize(texts[:n], L, warn=False))
+    assert batch["input_ids"].shape == (n, L)
+    sub = s["sub_batch"] if config.startswith("split") else None
+    return peak(models[config in LAYER_CKPT], batch, sub, device, dtype, per_sub_batch=config == "split")
+
+
+def _run(s: dict, mode: str) -> dict:
     device, dtype = C.device_for(mode), C.dtype_for(mode)
     configs = s.get("configs", CONFIGS)
     points = {(c, L): {} for c in configs for L in s["lengths"]}
-    n_params = 0.0
+    n_params, affine_error = 0.0, {}
     for depth in s["depths"]:
         models = {False: _model(s, depth, False, device), True: _model(s, depth, True, device)}
         if depth == s["target_depth"]:
             n_params = sum(p.numel() for p in models[False].parameters())
         for L in s["lengths"]:
-            sizes_at = s["batch"][L] if isinstance(s["batch"], dict) else s["batch"]
-            texts = C.exact_length_texts(max(sizes_at), L)
-            for n in sizes_at:
-                batch = models[False].collate(models[False].tokenize(texts[:n], L, warn=False))
-                assert batch["input_ids"].shape == (n, L)
-                for c in configs:
-                    if c == "split_layer" and n <= s["sub_batch"] and "ckpt" in configs:  # one sub-batch: as ckpt
-                        points[(c, L)][(depth, n)] = points[("ckpt", L)][(depth, n)]
-                        continue
-                    sub = s["sub_batch"] if c.startswith("split") else None
-                    points[(c, L)][(depth, n)] = peak(models[c in LAYER_CKPT], batch, sub, device, dtype,
-                                                      per_sub_batch=c == "split")
+            texts = C.exact_length_texts(max(max(s["batch"][c]) for c in configs) + 1, L)
+            for c in configs:
+                for n in s["batch"][c]:
+                    points[(c, L)][(depth, n)] = _measure(models, s, c, texts, L, n, device, dtype)
+                if L == min(s["lengths"]) and depth == s["depths"][0]:  # one more passage on the line?
+                    (n1, p1), (n2, p2) = sorted((n, p) for (d, n), p in points[(c, L)].items() if d == depth)
+                    n3 = n2 + 1
+                    predicted = p2 + (p2 - p1) / (n2 - n1) * (n3 - n2)
+                    affine_error[c] = abs(_measure(models, s, c, texts, L, n3, device, dtype) / predicted - 1)
         del models
     if not n_params:  # quick: the parameter count of the extrapolated model does not enter the CPU budget
         n_params = BGE_M3_PARAMS
     budget = budget_bytes(s, device, n_params)
     out = {"max_batch_budget_bytes": float(budget)}
+    out[f"max_batch_affine_error_{_tag(min(s['lengths']))}"] = max(affine_error.values())
     for L in s["lengths"]:
-        tag = f"{L // 1024}k" if L % 1024 == 0 else str(L)
+        tag = _tag(L)
         best, exact = {}, {}
         for c in configs:
             a, b = fit(points[(c, L)], s["target_depth"])

@@ -5,6 +5,7 @@ sizes from `SIZES[mode]`, so `--full` is the same code with bigger parameters.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import glob
 import json
@@ -235,6 +236,17 @@ class ModuleTimer:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """torch's CPU thread count inside the block: n, or every core for None."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- memory
