@@ -54,15 +54,14 @@ except ImportError:  # run as a script
     import common as C
 
 BGE_M3_PARAMS = 568e6
+# the two batch sizes measured per configuration, where P(n) is affine (docstring)
+BATCH = {"plain": [1, 2], "ckpt": [3, 4], "split_layer": [3, 4], "split": [3, 4]}
 SIZES = {
-    # batch: the two batch sizes measured per configuration, where P(n) is affine (docstring)
     # quick leaves out `ckpt` (the paper's baseline, in full mode) to stay near a minute on 2 CPU cores
     "quick": dict(hidden=32, heads=2, vocab=8000, depths=[1, 2], target_depth=24, lengths=[1024, 4096, 8192],
-                  batch={"plain": [1, 2], "ckpt": [3, 4], "split_layer": [3, 4], "split": [3, 4]}, sub_batch=1,
-                  configs=["plain", "split_layer", "split"], threads=None),
+                  batch=BATCH, sub_batch=1, configs=["plain", "split_layer", "split"], threads=None),
     "full": dict(hidden=1024, heads=16, vocab=250_002, depths=[24], target_depth=24, lengths=[1024, 4096, 8192],
-                 batch={"plain": [1, 2], "ckpt": [3, 4], "split_layer": [3, 4], "split": [3, 4]}, sub_batch=1,
-                 configs=["plain", "ckpt", "split_layer", "split"], threads=None),
+                 batch=BATCH, sub_batch=1, configs=["plain", "ckpt", "split_layer", "split"], threads=None),
 }
 CONFIGS = ("plain", "ckpt", "split_layer", "split")
 LAYER_CKPT = ("ckpt", "split_layer")  # configurations on the per-layer checkpointed model

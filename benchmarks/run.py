@@ -116,9 +116,14 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "out.json")
             cmd = [sys.executable, os.path.abspath(__file__), f"--{mode}", "--one", name, "--json", out]
-            subprocess.run(cmd + (["--threads", str(args.threads)] if args.threads else []), check=False)
-            with open(out) as f:
-                outcome = json.load(f)
+            t = time.perf_counter()
+            proc = subprocess.run(cmd + (["--threads", str(args.threads)] if args.threads else []), check=False)
+            try:
+                with open(out) as f:
+                    outcome = json.load(f)
+            except (OSError, ValueError):  # the worker died (killed, out of memory): report it, keep the others
+                outcome = {"sizes": None, "seconds": time.perf_counter() - t,
+                           "error": f"worker exited with status {proc.returncode} and wrote no result"}
         meta["sizes"][name], meta["seconds"][name] = outcome["sizes"], outcome["seconds"]
         if "error" in outcome:  # report and go on with the others
             failed = True
