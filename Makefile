@@ -34,8 +34,10 @@ chromium:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Re-execute every chapter in place (after changing the package or a chapter).
+# After editing a chapter's .md (the source) or the package: copy the cells into the paired
+# .ipynb (outputs kept), then re-execute every chapter in place.
 notebooks: setup-test
+	$(BIN)/jupytext --update --to ipynb book/[0-9]*.md
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=600 book/[0-9]*.ipynb
 
