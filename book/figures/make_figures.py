@@ -283,6 +283,8 @@ def cross_device(ax):
     label(ax, x0 + cols * c + 0.25, y0 + c,
           "each query: 1 positive (dark)\nand $W\\cdot B\\cdot G-1$ negatives\n($W$ GPUs, $B$ queries each,\n"
           "$G$ passages per query)", size=11, color=INK, ha="left")
+    label(ax, x0 + cols * c + 0.25, y0 - 0.75, "the official code gathers\nfor $s_{dense}$ only", size=10.5,
+          ha="left")
 
 
 # ---------------------------------------------------------------- figure 4: MCLS
