@@ -48,7 +48,7 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
     from FlagEmbedding import BGEM3FlagModel
 
     from m3ref import M3Model
-    from m3ref.model import length_batches
+    from m3ref.inference import length_batches
 
     s = {**SIZES[mode], **(sizes or {})}
     device, dtype = C.device_for(mode), C.dtype_for(mode)

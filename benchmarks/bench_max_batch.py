@@ -1,8 +1,8 @@
 """Maximum training batch at a fixed memory budget: split-batch + gradient checkpointing vs
 neither (paper Sec. 3.4, Table 10: 1024 / 4096 / 8192 tokens).
 
-The training encode path of `m3ref.train.batch_loss`: `model.collate(model.tokenize(...))`
-then `m3ref.batching.encode(model, batch, sub_batch_size)`, with
+The training encode path of `M3Model.training_loss`: `model.collate(model.tokenize(...))`
+then `m3ref.batching.split_batch_forward(model, batch, sub_batch_size)`, with
 `m3ref.batching.enable_checkpointing(model)` for the per-layer checkpointed configurations.
 Four configurations:
 
@@ -82,11 +82,11 @@ def _model(s: dict, depth: int, checkpointing: bool, device: str):
 
 def peak(model, batch: dict, sub_batch, device: str, dtype, per_sub_batch: bool = False) -> int:
     """Peak memory (bytes) of one forward + backward of the training encode."""
-    from m3ref.batching import encode
+    from m3ref.batching import split_batch_forward
     autocast = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
     with C.PeakMemory(device) as pm:
         with autocast:
-            emb = encode(model, batch, sub_batch, checkpoint_sub_batches=per_sub_batch)
+            emb = split_batch_forward(model, batch, sub_batch, checkpoint_sub_batches=per_sub_batch)
             loss = emb.dense.float().sum() + emb.weights.float().sum() + emb.colbert.float().sum()
         loss.backward()
         del emb, loss

@@ -28,8 +28,9 @@ try:
 except ImportError:  # run as a script
     import common as C
 
-# Paper Table 9 / legacy per-GPU fine-tuning batch sizes (G = 8), by bucket start.
-TABLE9 = {0: 48, 500: 32, 1000: 20, 2000: 18, 3000: 14, 4000: 14, 5000: 12, 6000: 10, 7000: 8}
+from m3ref.config import BATCH_SIZE_TABLES  # noqa: E402
+
+TABLE9 = BATCH_SIZE_TABLES["table9"]  # paper Table 9 / legacy per-GPU fine-tuning sizes (G = 8)
 
 SIZES = {
     "quick": dict(data=C.FINETUNE_DIR, group_size=8, query_max_len=512, passage_max_len=8192, epochs=3,
@@ -123,7 +124,7 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
 
     # Throughput: the first epoch's batches through the trainer's encode path (forward only,
     # inference mode), on a 1-layer encoder of width 32; real tokens per second.
-    from m3ref.batching import encode
+    from m3ref.batching import split_batch_forward
     collated = {k: [model.collate(token_ids(t, n)) for batch in v[::s["throughput_every"]]
                     for t, n in batch] for k, v in texts.items()}
 
@@ -131,7 +132,7 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
         def fn():
             with torch.inference_mode():
                 for b in collated[kind]:
-                    encode(model, b, sub)
+                    split_batch_forward(model, b, sub)
         return fn
     speed = C.compare_times({k: encoder_pass(k) for k in collated}, repeat=s["throughput_repeat"], warmup=0)
     real = {k: sum(int(b["attention_mask"].sum()) for b in v) for k, v in collated.items()}

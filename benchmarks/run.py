@@ -5,7 +5,7 @@
 
 OUT.json holds only float values (the keys below and each benchmark's extra figures);
 OUT.meta.json holds the machine, the sizes used, the seconds each benchmark took, the raw
-measurements behind the max-batch fit and whether each target of the issue is met.
+measurements behind the max-batch fit and whether each target (TARGETS below) is met.
 
 Each benchmark runs in a fresh Python process (this script with `--one NAME`), so what one
 leaves behind (imported libraries, caches, a large heap for the garbage collector to walk)
@@ -38,7 +38,7 @@ BENCHMARKS = {
     "lexical_memory": "bench_lexical_memory",
     "max_batch": "bench_max_batch",
 }
-# The issue's targets: key -> (comparison, value)
+# m3ref's speed and memory targets: key -> (comparison, value)
 TARGETS = {
     "encode_vs_flagembedding": (">=", 1.5),
     "encode_overhead_vs_bare_encoder": ("<=", 1.10),

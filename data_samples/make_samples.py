@@ -13,7 +13,7 @@ It rewrites ``<out>/train`` and ``<out>/eval`` (default ``<out>`` = this folder)
   into ``<name>_len-{lo}-{hi}.jsonl`` (edges 0/500/1000/2000/.../7000/inf), as the official
   ``split_data_by_length.py`` does (length = token count with special tokens; empty buckets skipped);
 - §4.1-4.2: MIRACL-, MKQA- and MLDR-like evaluation sets in the layouts of the real files, read
-  by `m3ref.data.load_eval`.
+  by `m3ref.eval_data.load_eval`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from m3ref.data import answer_qrels  # noqa: E402
+from m3ref.eval_data import answer_qrels  # noqa: E402
 from m3ref.errors import M3Error  # noqa: E402
 
 LANGS = ["en", "de", "es", "sw", "zh", "ja", "ko", "ru", "ar", "hi"]

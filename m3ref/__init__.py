@@ -7,9 +7,10 @@ Embeddings Through Self-Knowledge Distillation", arXiv:2402.03216.
     model = M3Model.from_pretrained("BAAI/bge-m3")   # or a local checkpoint directory
     out = model.encode(["Hello world"])
 """
-from .config import M3Config
+from .config import M3Config, TrainConfig
 from .errors import M3Error
-from .model import EncodeOutput, Embeddings, M3Model
+from .inference import EncodeOutput
+from .model import Embeddings, M3Model
 
-__all__ = ["M3Config", "M3Error", "M3Model", "EncodeOutput", "Embeddings"]
+__all__ = ["M3Config", "TrainConfig", "M3Error", "M3Model", "EncodeOutput", "Embeddings"]
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ Three pieces, each small and tested on its own:
 * `BucketSampler`: one seed shared by all ranks, so at each step every rank draws from the
   same bucket (the paper's fixed random seed, for load balance); ranks get disjoint slices of
   one global batch, and the sampler's position can be saved for an exact resume.
-* `encode`: split-batch. A (big) batch is encoded in sub-batches, with gradient
+* `split_batch_forward`: split-batch. A (big) batch is encoded in sub-batches, with gradient
   checkpointing on the encoder, and the outputs are concatenated. Gradients equal those of
   the full batch; activation memory is about that of one sub-batch (Table 10).
 """
@@ -21,12 +21,10 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.utils.checkpoint
 
+from .config import LENGTH_EDGES
 from .errors import M3Error
-from .model import Embeddings
 
 _LEN = re.compile(r"_len-(\d+)-(\d+|inf)$")
-# Official length edges (research/BGE_M3/split_data_by_length.py), in tokens.
-LENGTH_EDGES = (0, 500, 1000, 2000, 3000, 4000, 5000, 6000, 7000)
 
 
 def bucket_bounds(name: str) -> Optional[tuple[int, float]]:
@@ -161,13 +159,13 @@ def enable_checkpointing(model) -> None:
         enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def encode(model, batch: dict, sub_batch_size=None, checkpoint_sub_batches: bool = False) -> Embeddings:
+def split_batch_forward(model, batch: dict, sub_batch_size=None, checkpoint_sub_batches: bool = False):
     """Encode a collated batch, in sub-batches of `sub_batch_size` rows (split-batch, Fig. 3).
 
     Rows are sorted by length, longest first, before they are cut into sub-batches, and each
     sub-batch is trimmed to its own longest text: texts of similar length share a sub-batch,
-    so little compute goes to padding (book ch. 08). The parts are joined with
-    `Embeddings.cat` and put back in input order. "auto" picks the size from the padded
+    so little compute goes to padding (book ch. 08). The parts (`model.Embeddings`) are
+    joined with `Embeddings.cat` and put back in input order. "auto" picks the size from the padded
     length (`auto_sub_batch_size`). Gradients equal those of one full-batch pass.
 
     `checkpoint_sub_batches=True` makes each sub-batch's whole forward pass (the whole batch
@@ -193,4 +191,4 @@ def encode(model, batch: dict, sub_batch_size=None, checkpoint_sub_batches: bool
             parts.append(torch.utils.checkpoint.checkpoint(model, *args, use_reentrant=False))
         else:
             parts.append(model(*args))
-    return Embeddings.cat(parts, model.tokenizer.pad_token_id).select(torch.argsort(order))
+    return type(parts[0]).cat(parts, model.tokenizer.pad_token_id).select(torch.argsort(order))

@@ -1,21 +1,38 @@
-"""One configuration for M3's scores and losses.
+"""Every setting of m3ref, in two dataclasses (book ch. 00, 06, 08).
 
-Two presets cover the two published definitions (book chapter 06):
+* `M3Config`: the objective and the model's defaults: tau, the weights w and lambda, the
+  divisors of L, L' and L_final, self-distillation, teacher distillation, cross-device
+  negatives, the ColBERT width, the ColBERT max and MCLS. `M3Model`, its `encode`,
+  `compute_score` and `training_loss`, and the trainer all read it.
+* `TrainConfig`: one training run (data, stages, batches, optimiser, checkpoints). It holds
+  an `M3Config` as `m3`; a YAML file sets it in a nested `m3:` block.
+
+Two presets of `M3Config` cover the two published definitions of the loss:
 
 * ``official``: the constants of the official code (FlagEmbedding,
-  ``EncoderOnlyEmbedderM3Model.forward``): L' is divided by 3, then the final
-  loss by 2.
-* ``paper``: the formulas as printed in the arXiv revision of the paper
-  (Sec. 3.3): the same weights, but L' is the plain weighted sum, no /3.
-
-Everything else (tau, w, lambda) is shared. Both presets are runnable and the book
-compares them.
+  ``EncoderOnlyEmbedderM3Model.forward``): L' is divided by 3, then the final loss by 2.
+* ``paper``: the formulas as printed in the arXiv revision of the paper (Sec. 3.3): the
+  same weights, but L' is the plain weighted sum, no /3.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import dataclasses
+import os
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
 
 from .errors import M3Error
+
+# Length buckets of the official `split_data_by_length.py`, in tokens (paper Sec. 3.4).
+LENGTH_EDGES = (0, 500, 1000, 2000, 3000, 4000, 5000, 6000, 7000)
+# Per-GPU fine-tuning batch size by bucket start (G = 8, 80 GB GPUs; legacy research/BGE_M3/
+# data.py). Times 24 GPUs it is the paper's Table 9 fine-tuning column, 1152 ... 192.
+# A YAML file names it as `batch_size: table9`.
+BATCH_SIZE_TABLES = {"table9": {0: 48, 500: 32, 1000: 20, 2000: 18, 3000: 14, 4000: 14, 5000: 12,
+                                6000: 10, 7000: 8}}
+# Which scores see the passages of every rank: none, the dense one (official), or all three.
+CROSS_DEVICE = ("none", "dense", "all")
+KD_LOSS_TYPES = ("m3_kd_loss", "kl_div")
 
 
 @dataclass(frozen=True)
@@ -45,25 +62,40 @@ class M3Config:
     # L' is added only when step > self_distill_start_step. The official default is -1
     # ("from the first step"). Users report that a late start lets sparse weights collapse.
     self_distill_start_step: int = -1
+    # Distillation from teacher scores (a batch's pos_scores / neg_scores) replaces each
+    # mode's InfoNCE: "m3_kd_loss" (the official examples) or "kl_div" (the official default).
+    kd_loss_type: str = "m3_kd_loss"
+    # Scores that see the passages of every rank: "dense" (official), "all" or "none".
+    cross_device: str = "dense"
     # Output size of the ColBERT projection. -1 keeps the encoder's hidden size, as BGE-M3 does.
     colbert_dim: int = -1
     # The official batched ColBERT score takes its max over padded passage positions too
     # (zero vectors, similarity 0). False = the paper's definition (max over real tokens).
     colbert_max_over_padding: bool = False
-    # Multiple CLS (paper App. B.2): one extra [CLS] every `mcls_stride` tokens for long
-    # documents at inference time.
-    mcls_stride: int = 256
+    # Multiple CLS (paper App. B.2) in `encode`: one extra [CLS] every `mcls_stride` tokens
+    # of a long document (the paper: 256). None = off, as in the official code.
+    mcls_stride: Optional[int] = None
     # Name of the preset this config came from, for logs and the book.
     preset: str = field(default="official")
 
     def __post_init__(self):
-        if self.temperature <= 0:
+        if not self.temperature > 0:
             raise M3Error(f"temperature must be > 0, got {self.temperature}")
         for name in ("ensemble_weights", "loss_weights"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))  # YAML gives lists
             if len(getattr(self, name)) != 3:
                 raise M3Error(f"{name} needs 3 values (dense, lexical, multi-vector)")
-        if self.mcls_stride < 1:
-            raise M3Error(f"mcls_stride must be >= 1, got {self.mcls_stride}")
+        if self.mcls_stride is not None and not (_is_int(self.mcls_stride) and self.mcls_stride >= 1):
+            raise M3Error(f"mcls_stride must be None (off) or an integer >= 1, got {self.mcls_stride!r}")
+        for name in ("unified", "self_distill", "colbert_max_over_padding"):
+            if not isinstance(getattr(self, name), bool):
+                raise M3Error(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not (_is_int(self.self_distill_start_step) and self.self_distill_start_step >= -1):
+            raise M3Error(f"self_distill_start_step must be an integer >= -1, got {self.self_distill_start_step!r}")
+        if self.kd_loss_type not in KD_LOSS_TYPES:
+            raise M3Error(f"kd_loss_type must be one of {', '.join(KD_LOSS_TYPES)}, got {self.kd_loss_type!r}")
+        if self.cross_device not in CROSS_DEVICE:
+            raise M3Error(f"cross_device must be one of {', '.join(CROSS_DEVICE)}, got {self.cross_device!r}")
 
     @classmethod
     def official(cls, **overrides) -> "M3Config":
@@ -79,19 +111,188 @@ class M3Config:
         return cls(**{"preset": "paper", "l_prime_divisor": 1.0, **overrides})
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "M3Config":
+    def from_preset(cls, name: str = "official", **overrides) -> "M3Config":
         if name not in ("official", "paper"):
             raise M3Error(f"unknown preset {name!r}: choose 'official' or 'paper'")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for key, value in overrides.items():
+            if key not in types:
+                raise M3Error(f"m3: unknown key {key!r}")
+            if types[key] == "float" and isinstance(value, str):  # PyYAML reads 2e-2 as a string
+                try:
+                    overrides[key] = float(value)
+                except ValueError:
+                    raise M3Error(f"m3: {key}={value!r} is not a number") from None
         return getattr(cls, name)(**overrides)
 
     def replace(self, **changes) -> "M3Config":
         return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def summary(self) -> str:
         """The constants of the loss on one line (how ch. 00 and ch. 06 print the presets)."""
         return (f"{self.preset:>8}: tau = {self.temperature}, w = {self.ensemble_weights}, "
                 f"lambda = {self.loss_weights}, L/{self.l_divisor:g}, L'/{self.l_prime_divisor:g}, "
                 f"L_final = (L + L')/{self.l_final_divisor:g}")
+
+
+BatchSizes = Union[int, dict, str]
+
+
+@dataclass
+class TrainConfig:
+    # --- model and data
+    # Checkpoint directory or hub id: BAAI/bge-m3 (fine-tune), xlm-roberta-large (fresh heads).
+    # None builds m3ref's untrained tiny model into OUTPUT_DIR/init.
+    model: Optional[str] = None
+    # Fine-tuning data: a JSONL file, a directory of them, a hub dataset, or a list of these
+    # (as the official --train_data); each `*_len-lo-hi` file is a bucket.
+    train_data: Union[str, list] = "data_samples/train/finetune"
+    # Pairs for the dense-only stage (no negatives needed); None = `train_data`.
+    dense_train_data: Union[str, list, None] = None
+    output_dir: str = "runs/tiny"
+    # One seed for every rank: same bucket at each step, same fresh heads.
+    seed: int = 0
+    # Token limits; the official example uses 512 / 512, the paper trains passages up to 8192.
+    query_max_len: int = 32
+    passage_max_len: int = 128
+    # Length buckets for files without a `_len-` tag (official split_data_by_length edges).
+    length_edges: list = field(default_factory=lambda: list(LENGTH_EDGES))
+    # Official: incomplete batches are dropped. False fills them up, so no example is skipped.
+    drop_last: bool = False
+    # --- stage 1: dense-only contrastive learning on pairs
+    dense_steps: int = 0
+    # Per-rank batch size, one int or {lower length: size}; big, as only G=1 (Table 9).
+    dense_batch_size: BatchSizes = 16
+    # --- stage 2: unified fine-tuning
+    # G: one positive + G-1 hard negatives per query (paper: 7 ANCE negatives, G=8).
+    group_size: int = 8
+    # Per-rank batch size: an int, {lower length: size}, or the name of a table ("table9").
+    batch_size: BatchSizes = 4
+    # Distil from the teacher scores of examples that carry pos_scores / neg_scores, with
+    # the loss `m3.kd_loss_type`. False ignores teacher scores.
+    teacher_kd: bool = False
+    # The objective: tau, weights, divisors, self-distillation, cross-device negatives.
+    m3: M3Config = field(default_factory=M3Config)
+    # --- optimisation
+    max_steps: int = 100
+    lr: float = 1e-5
+    # The two heads (sparse_linear, colbert_linear) learn at lr * this. Below 1 it guards the
+    # ReLU sparse head against dying in the first unified steps (FlagEmbedding #982; ch. 12).
+    head_lr_scale: float = 1.0
+    weight_decay: float = 0.01
+    # Linear warm-up over this share of max_steps, then linear decay to 0.
+    warmup_ratio: float = 0.1
+    # Clip the global grad norm; 0 = off.
+    max_grad_norm: float = 1.0
+    # Micro-batches per optimizer step.
+    grad_accum: int = 1
+    # Autocast dtype on GPU (bf16 / fp16 with a grad scaler / fp32); CPU always runs fp32.
+    precision: str = "bf16"
+    # Recompute encoder activations in backward (paper Sec. 3.4): true / "layer" keeps each
+    # layer's input (the official way); "sub_batch" keeps only each sub-batch's input, one
+    # checkpoint per sub-batch (needs sub_batch_size; the least memory per text, ch. 08).
+    gradient_checkpointing: Union[bool, str] = False
+    # Split-batch: encode this many texts at a time, "auto" (legacy table) or None.
+    sub_batch_size: Union[int, str, None] = None
+    # --- bookkeeping
+    save_every: int = 0  # checkpoint every N steps (0 = only OUTPUT_DIR/final)
+    tensorboard: bool = True  # also log to OUTPUT_DIR/tb if tensorboard is installed
+    # A collective that waits longer than this fails: a dead rank stops the others.
+    dist_timeout_s: float = 600.0
+
+    def __post_init__(self):
+        if isinstance(self.m3, dict):  # the nested `m3:` block of a YAML file
+            values = dict(self.m3)
+            self.m3 = M3Config.from_preset(values.pop("preset", "official"), **values)
+        for name in ("batch_size", "dense_batch_size"):
+            table = getattr(self, name)
+            if isinstance(table, str):
+                if table not in BATCH_SIZE_TABLES:
+                    raise M3Error(f"config: {name}={table!r}: no such table "
+                                  f"(known: {', '.join(BATCH_SIZE_TABLES)})")
+                setattr(self, name, dict(BATCH_SIZE_TABLES[table]))
+
+    def to_dict(self) -> dict:
+        """Plain values (lists, dicts, numbers, strings): what `load_config` reads back, as YAML or JSON."""
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, (list, tuple)) else (
+                {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
+        return plain(dataclasses.asdict(self))
+
+    def check(self) -> None:
+        """Raise `M3Error` on the first bad value (before anything is loaded)."""
+        def need(ok, name, what):
+            if not ok:
+                raise M3Error(f"config: {name}={getattr(self, name)!r}: {what}")
+
+        for name, lo in (("max_steps", 1), ("grad_accum", 1), ("group_size", 1), ("query_max_len", 2),
+                         ("passage_max_len", 2), ("dense_steps", 0), ("save_every", 0), ("seed", 0)):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= lo, name, f"must be an integer >= {lo}")
+        for name in ("lr", "dist_timeout_s", "weight_decay", "max_grad_norm", "warmup_ratio", "head_lr_scale"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number")
+            need(v > 0 or (v == 0 and name not in ("lr", "dist_timeout_s")), name,
+                 "must be > 0" if name in ("lr", "dist_timeout_s") else "must be >= 0")
+        need(self.warmup_ratio <= 1, "warmup_ratio", "must be <= 1")
+        need(isinstance(self.gradient_checkpointing, bool) or self.gradient_checkpointing in ("layer", "sub_batch"),
+             "gradient_checkpointing", "choose one of true, false, layer, sub_batch")
+        need(self.gradient_checkpointing != "sub_batch" or self.sub_batch_size is not None, "gradient_checkpointing",
+             "sub_batch needs a sub_batch_size")
+        for name in ("drop_last", "teacher_kd", "tensorboard"):
+            need(isinstance(getattr(self, name), bool), name, "must be true or false")
+        need(self.precision in ("bf16", "fp16", "fp32"), "precision", "choose one of bf16, fp16, fp32")
+        need(isinstance(self.m3, M3Config), "m3", "must be a mapping of M3Config fields")
+        for name in ("dense_batch_size", "batch_size"):
+            v = getattr(self, name)
+            table = v if isinstance(v, dict) else {0: v}
+            need(table and all(_is_int(k) and k >= 0 and _is_int(s) and s >= 1 for k, s in table.items()), name,
+                 "must be an integer >= 1, a map {min length: batch size} or a table name")
+        need(self.sub_batch_size in (None, "auto") or (_is_int(self.sub_batch_size) and self.sub_batch_size >= 1),
+             "sub_batch_size", "must be null, auto or an integer >= 1")
+        need(isinstance(self.length_edges, list) and self.length_edges and all(map(_is_int, self.length_edges))
+             and self.length_edges == sorted(self.length_edges), "length_edges", "must be a sorted list of integers")
+        need(self.model is None or isinstance(self.model, str), "model", "must be a path, a hub id or null")
+        need(isinstance(self.output_dir, str) and self.output_dir, "output_dir", "must be a path")
+        from .data import is_hub_id
+        for name in ("train_data", "dense_train_data"):
+            paths = getattr(self, name)
+            if paths is None and name == "dense_train_data":
+                continue
+            for path in paths if isinstance(paths, list) and paths else [paths]:
+                need(isinstance(path, str) and (os.path.exists(path) or is_hub_id(path)),
+                     name, f"{path}: no such file or directory")
+
+
+def load_config(path: Optional[str], **overrides) -> TrainConfig:
+    """TrainConfig from a YAML file, then `overrides` (command-line flags; None = not given)."""
+    import yaml
+    values = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise M3Error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise M3Error(f"{path}: expected a mapping of config keys")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in values:
+        if key not in known:
+            raise M3Error(f"{path}: unknown config key {key!r}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for f in dataclasses.fields(TrainConfig):  # PyYAML reads 1e-5 (no dot) as a string
+        if f.type == "float" and isinstance(values.get(f.name), str):
+            try:
+                values[f.name] = float(values[f.name])
+            except ValueError:
+                pass
+    try:
+        cfg = TrainConfig(**values)
+    except M3Error as exc:
+        raise M3Error(f"{path}: {exc}" if path else str(exc)) from None
+    cfg.check()
+    return cfg
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)

@@ -31,12 +31,6 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from .config import M3Config
-from .losses import group_targets, info_nce, m3_loss, teacher_kd_loss
-from .model import Embeddings, m3_scores
-from .scores import s_dense
-
-CROSS_DEVICE = ("none", "dense", "all")
 
 
 @dataclass(frozen=True)
@@ -63,6 +57,14 @@ def setup(timeout_s: float = 600.0, use_cuda: Optional[bool] = None) -> DistEnv:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistEnv(rank, local_rank, world_size, device)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def cleanup() -> None:
@@ -97,7 +99,7 @@ def all_gather_with_grad(t: torch.Tensor, local_grad_only: bool = False) -> torc
     Same N on every rank. `local_grad_only=True` is the official variant: gather without
     gradient, then put the local tensor back in its slot.
     """
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if world_size() == 1:
         return t
     if not local_grad_only:
         return _AllGather.apply(t)
@@ -107,47 +109,11 @@ def all_gather_with_grad(t: torch.Tensor, local_grad_only: bool = False) -> torc
     return torch.cat(parts)
 
 
-def gather_embeddings(e: Embeddings, pad_id: int, local_grad_only: bool = False) -> Embeddings:
-    """Embeddings of all ranks, (W*N, ...); lengths are padded to the longest rank first."""
+def gather_embeddings(e, pad_id: int, local_grad_only: bool = False):
+    """`model.Embeddings` of all ranks, (W*N, ...); lengths are padded to the longest rank first."""
     length = torch.tensor([e.ids.shape[1]], device=e.ids.device)
     dist.all_reduce(length, op=dist.ReduceOp.MAX)
-    e = e.pad(int(length), pad_id)
-    g = lambda t: all_gather_with_grad(t, local_grad_only)  # noqa: E731
-    return Embeddings(dense=g(e.dense), ids=g(e.ids), weights=g(e.weights), colbert=g(e.colbert),
-                      colbert_mask=g(e.colbert_mask))
-
-
-def m3_loss_across_ranks(q: Embeddings, p: Embeddings, config: M3Config, ignore_ids: Sequence[int],
-                         pad_id: int, group_size: int, step: int = 0, teacher: Optional[torch.Tensor] = None,
-                         kd_kind: str = "m3_kd_loss", cross_device: str = "dense") -> dict:
-    """Every loss term of this rank's B queries, with negatives from all ranks (ch. 09).
-
-    q: (B, ...) queries, p: (B*G, ...) their groups, positive first. `cross_device`:
-    "none" = in-batch negatives of this rank only; "dense" = the official choice, the dense
-    loss over the W*B*G passages of all ranks, lexical / multi-vector / ensemble in-batch;
-    "all" = every mode over all ranks. Labels are offset by rank: query i's positive is
-    column rank*B*G + i*G. `teacher` (B, G): teacher-score targets (`kd_kind`).
-    """
-    B, G = q.dense.shape[0], group_size
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if cross_device not in CROSS_DEVICE:
-        raise ValueError(f"cross_device must be one of {CROSS_DEVICE}, got {cross_device!r}")
-    local = dict(targets=group_targets(B, G, device=q.dense.device), config=config, step=step,
-                 teacher_targets=teacher, kd_kind=kd_kind, group_size=G)
-    if world == 1 or cross_device == "none":
-        return m3_loss(**m3_scores(q, p, config, ignore_ids), **local)
-    offset = dist.get_rank() * B * G
-    if teacher is None:  # labels offset by rank: columns are all ranks' passages in rank order
-        targets, order = group_targets(B, G, offset, device=q.dense.device), (lambda s: s)
-    else:  # teacher_kd_loss finds query b's group at column b*G: roll this rank's block first
-        targets, order = local["targets"], (lambda s: s.roll(-offset, dims=1))
-    if cross_device == "all":
-        scores = m3_scores(q, gather_embeddings(p, pad_id), config, ignore_ids)  # (B, W*B*G)
-        scores = {k: None if v is None else order(v) for k, v in scores.items()}
-        return m3_loss(**scores, **{**local, "targets": targets})
-    s_all = order(s_dense(q.dense, all_gather_with_grad(p.dense)) / config.temperature)  # (B, W*B*G)
-    dense_loss = info_nce(s_all, targets) if teacher is None else teacher_kd_loss(s_all, teacher, G, kd_kind)
-    return m3_loss(**m3_scores(q, p, config, ignore_ids), **local, dense_loss=dense_loss)  # (B, B*G) scores
+    return e.pad(int(length), pad_id).map(lambda t: all_gather_with_grad(t, local_grad_only))
 
 
 def average_gradients(params, world_size: int) -> None:
@@ -165,9 +131,9 @@ def average_gradients(params, world_size: int) -> None:
 def mean_across_ranks(values: Sequence[float], device) -> list:
     """Average a few floats (logged losses) over ranks."""
     t = torch.tensor(list(values), dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.all_reduce(t)
-        t /= dist.get_world_size()
+        t /= world_size()
     return t.tolist()
 
 

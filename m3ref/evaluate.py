@@ -6,8 +6,14 @@ Per language, the corpus and the queries are encoded once with all three heads; 
 method then ranks the corpus from those encodings (`m3ref.retrieval`) and trec_eval scores
 the runs (`m3ref.metrics`). The table has one row per method and one column per language
 plus the average, in the paper's metric: nDCG@10 for MIRACL and MLDR, Recall@100 for MKQA,
-x100 with one decimal. MKQA's Recall@k is QA-style (a question is found when a top-k
-passage contains an answer): success@k on the answer-matched qrels of `m3ref.data`.
+x100 with one decimal, each with the half-width of its 95 % bootstrap interval over queries.
+MKQA's Recall@k is QA-style (a question is found when a top-k passage contains an answer):
+success@k on the answer-matched qrels of `m3ref.eval_data`.
+
+    python -m m3ref.evaluate --compare A.json B.json
+
+compares two saved evaluations (`--json`) query by query: the difference of every figure,
+its 95 % interval and a paired randomisation test (`metrics.paired_test`).
 Book: the experiments chapter.
 """
 from __future__ import annotations
@@ -19,16 +25,17 @@ import os
 import re
 import sys
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from m3ref import retrieval as R
-from m3ref.data import HUB_LANGS, load_eval
-from m3ref.errors import M3Error, cli_errors
-from m3ref.metrics import evaluate
+from . import retrieval as R
+from .errors import M3Error, cli_errors
+from .eval_data import HUB_LANGS, load_eval
+from .metrics import bootstrap_ci, paired_test, per_query
 
 # Where a language's queries sit in a data directory laid out like the hub (see m3ref.data).
 LOCAL_LANG = {"miracl": r"miracl-v1\.0-(\w+)", "mldr": r"mldr-v1\.0-(\w+)",
-              "mkqa": r"MKQA_test-data/(\w+)\.jsonl"}
+              "mkqa": r"MKQA_\w+-data/(\w+)\.jsonl"}
 METRICS = {  # the first one is the table's metric; MKQA's QA-style Recall@k is success@k
     "miracl": ("ndcg@10", "recall@100"),
     "mkqa": ("success@100", "success@20"),
@@ -63,10 +70,10 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
         key = hash((tuple(pids), tuple(texts), colbert))
         if key not in cache:
             cache.clear()  # keep one corpus at a time
-            cache[key] = R.Index(R.Encoded.encode(model, pids, texts, max_passage_length, batch_size,
+            cache[key] = R.Index(R.Encoded.from_model(model, pids, texts, max_passage_length, batch_size,
                                                   mcls_stride, colbert))
         index = cache[key]
-        q = R.Encoded.encode(model, qids, [queries[i] for i in qids], max_query_length, batch_size,
+        q = R.Encoded.from_model(model, qids, [queries[i] for i in qids], max_query_length, batch_size,
                              None, colbert)
     if progress is not None:
         progress.update()
@@ -91,31 +98,61 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
 
 def evaluate_model(model, benchmark: str, langs, methods, data_dir, weights=None, batch_size=32,
                    max_query_length=512, max_passage_length=None, mcls_stride=None,
-                   show_progress=True) -> dict:
+                   show_progress=True, split=None) -> dict:
     """Scores of every method on every language, as the paper's tables.
 
     Returns {"benchmark", "metrics", "langs", "methods",
-             "scores": {method: {lang or "avg": {metric: value in [0, 1]}}}}.
+             "scores": {method: {lang or "avg": {metric: value in [0, 1]}}},
+             "ci": the same shape, [low, high] 95 % bootstrap intervals over queries,
+             "per_query": {method: {lang: {metric: {qid: value}}}}}.
     `weights` overrides the hybrid weights, e.g. {"all": (0.15, 0.5, 0.35)}.
     """
     benchmark, langs, methods = check_args(benchmark, langs, methods, data_dir)
     metrics = METRICS[benchmark]
-    scores, cache = {m: {} for m in methods}, {}
+    per, cache = {m: {} for m in methods}, {}
     with tqdm(total=len(langs) * (1 + len(methods)), desc=benchmark, disable=not show_progress,
               file=sys.stderr) as bar:
         for lang in langs:
             bar.set_postfix_str(lang)
-            corpus, queries, qrels = load_eval(benchmark, lang, data_dir)
+            corpus, queries, qrels = load_eval(benchmark, lang, data_dir, split)
             queries = {q: t for q, t in queries.items() if q in qrels}  # only judged queries count
             runs = run_methods(model, corpus, queries, methods, benchmark, weights, batch_size,
                                max_query_length, max_passage_length, mcls_stride, bar, cache)
             for method, run in runs.items():
-                scores[method][lang] = evaluate(run, qrels, metrics)
-    for method in methods:
-        scores[method]["avg"] = {k: sum(scores[method][lang][k] for lang in langs) / len(langs)
-                                 for k in metrics}
-    return {"benchmark": benchmark, "metrics": list(metrics), "langs": langs, "methods": methods,
-            "scores": scores}
+                per[method][lang] = per_query(run, qrels, metrics)
+    return {"benchmark": benchmark, "split": split, "metrics": list(metrics), "langs": langs,
+            "methods": methods, **summarise(per, langs, metrics), "per_query": per}
+
+
+def summarise(per: dict, langs, metrics) -> dict:
+    """Means and 95 % bootstrap intervals from per-query values; "avg" is the mean of the
+    languages' means (the paper's Avg column), its interval resampling each language."""
+    scores, ci = {}, {}
+    for method, by_lang in per.items():
+        scores[method], ci[method] = {}, {}
+        for lang in langs:
+            scores[method][lang] = {k: float(np.mean(list(by_lang[lang][k].values()))) for k in metrics}
+            ci[method][lang] = {k: list(bootstrap_ci(list(by_lang[lang][k].values()))) for k in metrics}
+        scores[method]["avg"] = {k: float(np.mean([scores[method][lang][k] for lang in langs])) for k in metrics}
+        ci[method]["avg"] = {k: list(bootstrap_ci([list(by_lang[lang][k].values()) for lang in langs]))
+                             for k in metrics}
+    return {"scores": scores, "ci": ci}
+
+
+def compare(a: dict, b: dict, metric: str | None = None) -> str:
+    """Paired comparison of two evaluations of the same sets, per method and language:
+    A - B (x100), its 95 % interval and the randomisation p-value."""
+    metric = metric or a["metrics"][0]
+    if (a["benchmark"], a["langs"]) != (b["benchmark"], b["langs"]):
+        raise M3Error("--compare: the two evaluations are not of the same benchmark and languages")
+    lines = [f"{a['benchmark']} {metric}: A - B x100 [95% interval] p"]
+    for method in [m for m in a["methods"] if m in b["methods"]]:
+        for lang in a["langs"]:
+            t = paired_test(a["per_query"][method][lang][metric], b["per_query"][method][lang][metric])
+            lo, hi = t["ci"]
+            lines.append(f"{METHODS[method]:<13}{lang:>6} {100 * t['diff']:+6.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                         f"  p={t['p']:.3f}  ({t['queries']} queries)")
+    return "\n".join(lines)
 
 
 def check_args(benchmark, langs, methods, data_dir):
@@ -154,14 +191,24 @@ def available_langs(benchmark: str, data_dir, alias: bool = True) -> list[str]:
 
 
 def format_table(result: dict, metric: str | None = None) -> str:
-    """Rows = methods, columns = languages + Avg; values x100 with one decimal."""
+    """Rows = methods, columns = languages + Avg; values x100 with one decimal, then +- the
+    half-width of the 95 % interval when the result has intervals."""
     metric = metric or result["metrics"][0]
     cols = result["langs"] + ["avg"]
-    lines = [f"{result['benchmark']} {metric}",
-             f"{'Method':<13}" + "".join(f"{c.capitalize() if c == 'avg' else c:>7}" for c in cols)]
+    ci = result.get("ci")
+    width = 11 if ci else 7
+    lines = [f"{result['benchmark']} {metric}" + (" (+- half of the 95% interval over queries)" if ci else ""),
+             f"{'Method':<13}" + "".join(f"{c.capitalize() if c == 'avg' else c:>{width}}" for c in cols)]
     for method in result["methods"]:
         row = result["scores"][method]
-        lines.append(f"{METHODS[method]:<13}" + "".join(f"{100 * row[c][metric]:>7.1f}" for c in cols))
+        cells = []
+        for c in cols:
+            cell = f"{100 * row[c][metric]:.1f}"
+            if ci:
+                lo, hi = ci[method][c][metric]
+                cell += f"±{50 * (hi - lo):.1f}"
+            cells.append(f"{cell:>{width}}")
+        lines.append(f"{METHODS[method]:<13}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -184,14 +231,12 @@ def parse_weights(specs) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m m3ref.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True,
-                   help="checkpoint directory (official BGE-M3 layout) or hub id")
-    p.add_argument("--data", required=True,
-                   help="directory of evaluation sets (e.g. data_samples/eval), or 'hub' to download")
-    p.add_argument("--benchmark", required=True, choices=sorted(HUB_LANGS),
+    p.add_argument("--model", help="checkpoint directory (official BGE-M3 layout) or hub id")
+    p.add_argument("--data", help="directory of evaluation sets (e.g. data_samples/eval), or 'hub' to download")
+    p.add_argument("--benchmark", choices=sorted(HUB_LANGS),
                    help="miracl (nDCG@10), mkqa (QA Recall@100 = success@100) or mldr (nDCG@10)")
-    p.add_argument("--langs", required=True,
-                   help="comma-separated languages, e.g. en,zh, or 'all' (every language in --data)")
+    p.add_argument("--langs", help="comma-separated languages, e.g. en,zh, or 'all' (every language in --data)")
+    p.add_argument("--split", help="dev or test (default: the benchmark's own: miracl dev, mkqa and mldr test)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated rows of the table, any of {','.join(METHODS)} "
                         "(default: all six)")
@@ -209,19 +254,28 @@ def main(argv=None):
                         "(default: the paper's per benchmark; miracl/mkqa 1,0.3[,1], "
                         "mldr 0.2,0.8 and 0.15,0.5,0.35)")
     p.add_argument("--json", metavar="OUT",
-                   help="also write all scores (every metric) to this JSON file")
+                   help="also write all scores (every metric, per query too) to this JSON file")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="instead of evaluating: compare two saved evaluations query by query")
     args = p.parse_args(argv)
     with cli_errors():
+        if args.compare:
+            a, b = (json.loads(open(f, encoding="utf-8").read()) for f in args.compare)
+            print(compare(a, b))
+            return
+        missing = [f"--{k}" for k in ("model", "data", "benchmark", "langs") if getattr(args, k) is None]
+        if missing:
+            raise M3Error(f"{', '.join(missing)} required (or --compare A.json B.json)")
         langs = args.langs.split(",")
         if args.langs == "all":
             langs = available_langs(args.benchmark, args.data, alias=False)
         check_args(args.benchmark, langs, args.methods.split(","), args.data)
         weights = parse_weights(args.weights)
-        from m3ref.model import M3Model
+        from .model import M3Model
         model = M3Model.from_pretrained(args.model)
         result = evaluate_model(model, args.benchmark, langs, args.methods.split(","), args.data,
                                 weights, args.batch_size, args.max_query_length,
-                                args.max_passage_length, args.mcls_stride)
+                                args.max_passage_length, args.mcls_stride, split=args.split)
         print(format_table(result))
         if args.json:
             tmp = f"{args.json}.tmp"

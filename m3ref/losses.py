@@ -2,17 +2,26 @@
 
 Group layout (ch. 05): B queries, each with G passages, positive first, flattened to B*G
 rows. Query i's positive is column i*G; every other passage in the batch is a negative.
-Scores passed here are already divided by the temperature tau.
+The loss terms take scores already divided by the temperature tau.
+
+`m3_objective` is the one driver of the whole objective: from the embeddings of a batch
+(`model.Embeddings`) it computes the tau-scaled scores (`m3_scores`), gathers the passages of
+every rank when negatives cross devices, and returns every loss term (`m3_loss`).
+`M3Model.training_loss`, which the trainer calls, ends in it.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .config import M3Config
-from .scores import s_inter
+from .scores import s_dense, s_inter, s_lex, s_mul
+
+if TYPE_CHECKING:
+    from .model import Embeddings
 
 
 def group_targets(batch_size: int, group_size: int, offset: int = 0, device=None) -> torch.Tensor:
@@ -88,21 +97,21 @@ def teacher_kd_loss(scores: torch.Tensor, teacher_targets: torch.Tensor, group_s
 
 def m3_loss(s_dense: torch.Tensor, s_lex: Optional[torch.Tensor], s_mul: Optional[torch.Tensor],
             targets: torch.Tensor, config: M3Config, step: int = 0,
-            teacher_targets: Optional[torch.Tensor] = None, kd_kind: str = "m3_kd_loss",
+            teacher_targets: Optional[torch.Tensor] = None,
             dense_loss: Optional[torch.Tensor] = None, group_size: Optional[int] = None) -> dict:
     """Every term of M3's objective from tau-scaled (B, N) scores (paper Sec. 3.3).
 
     Returns s_inter, L_dense, L_lex, L_mul, L_inter, L, L_prime (+ its parts) and L_final.
-    `dense_loss` replaces L_dense when the trainer computed it over cross-device negatives
+    `dense_loss` replaces L_dense when it was computed over cross-device negatives
     (the official code does this for dense only). `teacher_targets` (B, G) switch each
-    mode's InfoNCE to the teacher-distillation loss `kd_kind`; `group_size` defaults to
-    N // B (in-batch negatives).
+    mode's InfoNCE to the teacher-distillation loss `config.kd_loss_type`; `group_size`
+    defaults to N // B (in-batch negatives).
     """
     group_size = group_size or s_dense.shape[1] // s_dense.shape[0]
 
     def contrastive(scores):
         if teacher_targets is not None:
-            return teacher_kd_loss(scores, teacher_targets, group_size, kd_kind)
+            return teacher_kd_loss(scores, teacher_targets, group_size, config.kd_loss_type)
         return info_nce(scores, targets)
 
     out = {"s_dense": s_dense, "L_dense": contrastive(s_dense) if dense_loss is None else dense_loss}
@@ -122,3 +131,51 @@ def m3_loss(s_dense: torch.Tensor, s_lex: Optional[torch.Tensor], s_mul: Optiona
     else:  # before self-distillation starts the official code optimises L alone
         out["L_final"] = out["L"]
     return out
+
+
+def m3_scores(q: "Embeddings", p: "Embeddings", config: M3Config, ignore_ids: Sequence[int]) -> dict:
+    """tau-scaled s_dense, s_lex, s_mul of every query against every passage, each (B, N)
+    (paper Sec. 3.2-3.3; s_lex and s_mul only in unified fine-tuning)."""
+    tau = config.temperature
+    out = {"s_dense": s_dense(q.dense, p.dense) / tau, "s_lex": None, "s_mul": None}
+    if config.unified:
+        out["s_lex"] = s_lex(q.ids, q.weights, p.ids, p.weights, ignore_ids) / tau
+        out["s_mul"] = s_mul(q.colbert, p.colbert, q.colbert_mask, p.colbert_mask,
+                             config.colbert_max_over_padding) / tau
+    return out
+
+
+def m3_objective(q: "Embeddings", p: "Embeddings", config: M3Config, ignore_ids: Sequence[int], pad_id: int,
+                 group_size: int, step: int = 0, teacher_scores=None) -> dict:
+    """Every score and loss of one batch: B queries, each with G passages, positive first (ch. 05-09).
+
+    q: (B, ...) queries, p: (B*G, ...) their groups. `teacher_scores` (B, G), raw teacher
+    scores, become soft targets softmax(teacher) per group. Under torchrun, `config.cross_device`
+    says which scores see the passages of all W ranks (B*G -> W*B*G candidates): "none";
+    "dense", the official choice: L_dense over every rank's passages, lexical, multi-vector and
+    ensemble in-batch; "all": every mode. Labels are then offset by rank: query i's positive
+    is column rank*B*G + i*G. In one process all three are the in-batch objective.
+    """
+    B, G = q.dense.shape[0], group_size
+    device = q.dense.device
+    teacher = None
+    if teacher_scores is not None:
+        teacher = torch.softmax(torch.as_tensor(teacher_scores, dtype=q.dense.dtype, device=device).view(B, G), -1)
+    local = dict(targets=group_targets(B, G, device=device), config=config, step=step,
+                 teacher_targets=teacher, group_size=G)
+    world = distributed.world_size()
+    if world == 1 or config.cross_device == "none":
+        return m3_loss(**m3_scores(q, p, config, ignore_ids), **local)
+    offset = distributed.rank() * B * G
+    if teacher is None:  # labels offset by rank: columns are all ranks' passages in rank order
+        targets, order = group_targets(B, G, offset, device=device), (lambda s: s)
+    else:  # teacher_kd_loss finds query b's group at column b*G: roll this rank's block first
+        targets, order = local["targets"], (lambda s: s.roll(-offset, dims=1))
+    if config.cross_device == "all":
+        scores = m3_scores(q, distributed.gather_embeddings(p, pad_id), config, ignore_ids)  # (B, W*B*G)
+        scores = {k: None if v is None else order(v) for k, v in scores.items()}
+        return m3_loss(**scores, **{**local, "targets": targets})
+    s_all = order(s_dense(q.dense, distributed.all_gather_with_grad(p.dense)) / config.temperature)  # (B, W*B*G)
+    dense_loss = info_nce(s_all, targets) if teacher is None else teacher_kd_loss(s_all, teacher, G,
+                                                                                  config.kd_loss_type)
+    return m3_loss(**m3_scores(q, p, config, ignore_ids), **local, dense_loss=dense_loss)  # (B, B*G) scores

@@ -16,7 +16,6 @@ Book: the experiments chapter.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
@@ -24,8 +23,9 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from m3ref.errors import M3Error
-from m3ref.scores import s_dense, s_inter, s_mul_packed
+from .data import read_train_file, write_jsonl_atomic
+from .errors import M3Error
+from .scores import s_dense, s_inter, s_mul_packed
 
 # Hybrid weights of the paper (Sec. 4.1-4.2) and the official eval scripts (notes Sec. 4):
 # "dense+sparse": (w_dense, w_lex); "all": (w_dense, w_lex, w_mul).
@@ -47,8 +47,9 @@ class Encoded:
     colbert: list[np.ndarray] | None = None  # N arrays (n_i, d)
 
     @classmethod
-    def encode(cls, model, ids, texts, max_length=512, batch_size=32, mcls_stride=None,
-               colbert=True):
+    def from_model(cls, model, ids, texts, max_length=512, batch_size=32, mcls_stride=None,
+                   colbert=True) -> "Encoded":
+        """Run `model.encode` over `texts` (all heads; ColBERT only if `colbert`)."""
         out = model.encode(list(texts), batch_size=batch_size, max_length=max_length,
                            return_dense=True, return_sparse=True, return_colbert=colbert,
                            mcls_stride=mcls_stride)
@@ -242,28 +243,17 @@ def mine_hard_negatives(model, train_jsonl, out_jsonl, corpus=None, rank_range=(
     rank_range[0] .. rank_range[1]-1 (0-based, like the official `--range_for_sampling 2-200`), drop
     positives and the query itself, sample `n_neg` of them (topped up with random corpus
     passages when too few), and write the rows with the new "neg" to `out_jsonl` in the
-    official fine-tuning format. Stale "neg_scores" are dropped. The file is written
+    official fine-tuning format. Teacher scores ("pos_scores", "neg_scores") no longer match
+    the new negatives and are dropped. The file is written
     atomically: on any error nothing is left at `out_jsonl`. Returns the number of rows.
     """
-    from m3ref.data import write_jsonl_atomic
-
     lo, hi = rank_range
-    rows = []
-    with open(train_jsonl, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                assert isinstance(row["query"], str) and isinstance(row["pos"], list)
-            except (ValueError, KeyError, TypeError, AssertionError):
-                raise M3Error(f"{train_jsonl}:{n}: expected JSON with 'query' and 'pos' list") from None
-            rows.append(row)
+    rows = read_train_file(train_jsonl, required=("query", "pos"))  # file and line on a bad row
     if corpus is None:  # unique texts in order of first appearance
         corpus = list(dict.fromkeys(t for r in rows for t in r["pos"] + r.get("neg", [])))
     corpus = list(corpus)
-    if not rows or not corpus:
-        raise M3Error(f"{train_jsonl}: no training rows or empty corpus")
+    if not corpus:
+        raise M3Error(f"{train_jsonl}: the corpus to mine from is empty")
 
     def encode(texts, max_length):
         return model.encode(texts, batch_size=batch_size, max_length=max_length, return_dense=True,
@@ -282,6 +272,6 @@ def mine_hard_negatives(model, train_jsonl, out_jsonl, corpus=None, rank_range=(
         if len(neg) < n_neg:  # too few in range: random passages, as the official miner does
             pool = [t for t in dict.fromkeys(corpus) if t not in banned and t not in neg]
             neg += rng.sample(pool, min(n_neg - len(neg), len(pool)))
-        out.append({**{k: v for k, v in row.items() if k != "neg_scores"}, "neg": neg})
+        out.append({**{k: v for k, v in row.items() if k not in ("pos_scores", "neg_scores")}, "neg": neg})
     write_jsonl_atomic(out_jsonl, out)
     return len(out)

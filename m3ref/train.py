@@ -23,7 +23,6 @@ replaces the last good checkpoint.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -33,168 +32,20 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
-from .batching import LENGTH_EDGES, BucketSampler, batch_size_for, enable_checkpointing, encode, make_buckets
-from .config import M3Config
+from .batching import BucketSampler, batch_size_for, enable_checkpointing, make_buckets
+from .config import TrainConfig, load_config
 from .data import load_train_data, sample_group, write_jsonl_atomic
-from .distributed import (CROSS_DEVICE, DistEnv, average_gradients, barrier, broadcast_parameters, cleanup,
-                          m3_loss_across_ranks, mean_across_ranks, setup)
+from .distributed import DistEnv, average_gradients, barrier, broadcast_parameters, cleanup, mean_across_ranks, setup
 from .errors import M3Error, cli_errors
 from .model import M3Model
 
 LOSS_KEYS = ("L_final", "L", "L_dense", "L_lex", "L_mul", "L_inter", "L_prime",
              "L_prime_dense", "L_prime_lex", "L_prime_mul")
-BatchSizes = Union[int, dict]
-
-
-@dataclass
-class TrainConfig:
-    # --- model and data
-    # Checkpoint directory or hub id: BAAI/bge-m3 (fine-tune), xlm-roberta-large (fresh heads).
-    # None builds m3ref's untrained tiny model into OUTPUT_DIR/init.
-    model: Optional[str] = None
-    # Fine-tuning data: a JSONL file, a directory of them, a hub dataset, or a list of these
-    # (as the official --train_data); each `*_len-lo-hi` file is a bucket.
-    train_data: Union[str, list] = "data_samples/train/finetune"
-    # Pairs for the dense-only stage (no negatives needed); None = `train_data`.
-    dense_train_data: Union[str, list, None] = None
-    output_dir: str = "runs/tiny"
-    # One seed for every rank: same bucket at each step, same fresh heads.
-    seed: int = 0
-    # Token limits; the official example uses 512 / 512, the paper trains passages up to 8192.
-    query_max_len: int = 32
-    passage_max_len: int = 128
-    # Length buckets for files without a `_len-` tag (official split_data_by_length edges).
-    length_edges: list = field(default_factory=lambda: list(LENGTH_EDGES))
-    # Official: incomplete batches are dropped. False fills them up, so no example is skipped.
-    drop_last: bool = False
-    # --- stage 1: dense-only contrastive learning on pairs
-    dense_steps: int = 0
-    # Per-rank batch size, one int or {lower length: size}; big, as only G=1 (Table 9).
-    dense_batch_size: BatchSizes = 16
-    # --- stage 2: unified fine-tuning
-    # G: one positive + G-1 hard negatives per query (paper: 7 ANCE negatives, G=8).
-    group_size: int = 8
-    batch_size: BatchSizes = 4
-    # Loss constants: "official" (FlagEmbedding) or "paper" (Eqs. 6-10 as printed).
-    preset: str = "official"
-    # tau for all three scores (official default 0.02).
-    temperature: float = 0.02
-    self_distill: bool = True
-    # L' joins when (step within stage 2) > this; -1 = from the start (official advice, #982).
-    self_distill_start_step: int = -1
-    # Teacher-score distillation: None, "m3_kd_loss" (official examples) or "kl_div".
-    teacher_kd: Optional[str] = None
-    # Cross-device negatives: "dense" (official), "all" three modes, or "none".
-    cross_device: str = "dense"
-    # --- optimisation
-    max_steps: int = 100
-    lr: float = 1e-5
-    # The two heads (sparse_linear, colbert_linear) learn at lr * this. Below 1 it guards the
-    # ReLU sparse head against dying in the first unified steps (FlagEmbedding #982; ch. 12).
-    head_lr_scale: float = 1.0
-    weight_decay: float = 0.01
-    # Linear warm-up over this share of max_steps, then linear decay to 0.
-    warmup_ratio: float = 0.1
-    # Clip the global grad norm; 0 = off.
-    max_grad_norm: float = 1.0
-    # Micro-batches per optimizer step.
-    grad_accum: int = 1
-    # Autocast dtype on GPU (bf16 / fp16 with a grad scaler / fp32); CPU always runs fp32.
-    precision: str = "bf16"
-    # Recompute encoder activations in backward (paper Sec. 3.4): true / "layer" keeps each
-    # layer's input (the official way); "sub_batch" keeps only each sub-batch's input, one
-    # checkpoint per sub-batch (needs sub_batch_size; the least memory per text, ch. 08).
-    gradient_checkpointing: Union[bool, str] = False
-    # Split-batch: encode this many texts at a time, "auto" (legacy table) or None.
-    sub_batch_size: Union[int, str, None] = None
-    # --- bookkeeping
-    save_every: int = 0  # checkpoint every N steps (0 = only OUTPUT_DIR/final)
-    tensorboard: bool = True  # also log to OUTPUT_DIR/tb if tensorboard is installed
-    # A collective that waits longer than this fails: a dead rank stops the others.
-    dist_timeout_s: float = 600.0
-
-    def check(self) -> None:
-        """Raise `M3Error` on the first bad value (before anything is loaded)."""
-        def need(ok, name, what):
-            if not ok:
-                raise M3Error(f"config: {name}={getattr(self, name)!r}: {what}")
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        for name, lo in (("max_steps", 1), ("grad_accum", 1), ("group_size", 1), ("query_max_len", 2),
-                         ("passage_max_len", 2), ("dense_steps", 0), ("save_every", 0), ("seed", 0),
-                         ("self_distill_start_step", -1)):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= lo, name, f"must be an integer >= {lo}")
-        for name in ("lr", "temperature", "dist_timeout_s", "weight_decay", "max_grad_norm", "warmup_ratio",
-                     "head_lr_scale"):
-            v = getattr(self, name)
-            need(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number")
-            need(v > 0 or (v == 0 and name in ("weight_decay", "max_grad_norm", "warmup_ratio", "head_lr_scale")), name,
-                 "must be > 0" if name in ("lr", "temperature", "dist_timeout_s") else "must be >= 0")
-        need(self.warmup_ratio <= 1, "warmup_ratio", "must be <= 1")
-        need(isinstance(self.gradient_checkpointing, bool) or self.gradient_checkpointing in ("layer", "sub_batch"),
-             "gradient_checkpointing", "choose one of true, false, layer, sub_batch")
-        need(self.gradient_checkpointing != "sub_batch" or self.sub_batch_size is not None, "gradient_checkpointing",
-             "sub_batch needs a sub_batch_size")
-        for name in ("drop_last", "self_distill", "tensorboard"):
-            need(isinstance(getattr(self, name), bool), name, "must be true or false")
-        for name, options in (("precision", ("bf16", "fp16", "fp32")), ("preset", ("official", "paper")),
-                              ("teacher_kd", (None, "m3_kd_loss", "kl_div")), ("cross_device", CROSS_DEVICE)):
-            need(getattr(self, name) in options, name, f"choose one of {', '.join(map(str, options))}")
-        for name in ("dense_batch_size", "batch_size"):
-            v = getattr(self, name)
-            table = v if isinstance(v, dict) else {0: v}
-            need(table and all(is_int(k) and k >= 0 and is_int(s) and s >= 1 for k, s in table.items()), name,
-                 "must be an integer >= 1 or a map {min length: batch size}")
-        need(self.sub_batch_size in (None, "auto") or (is_int(self.sub_batch_size) and self.sub_batch_size >= 1),
-             "sub_batch_size", "must be null, auto or an integer >= 1")
-        need(isinstance(self.length_edges, list) and self.length_edges and all(map(is_int, self.length_edges))
-             and self.length_edges == sorted(self.length_edges), "length_edges", "must be a sorted list of integers")
-        need(self.model is None or isinstance(self.model, str), "model", "must be a path, a hub id or null")
-        need(isinstance(self.output_dir, str) and self.output_dir, "output_dir", "must be a path")
-        for name in ("train_data", "dense_train_data"):
-            paths = getattr(self, name)
-            if paths is None and name == "dense_train_data":
-                continue
-            paths = paths if isinstance(paths, list) and paths else [paths]
-            for path in paths:
-                need(isinstance(path, str) and (os.path.exists(path) or re.fullmatch(r"[\w.-]+/[\w.-]+", path)),
-                     name, f"{path}: no such file or directory")
-
-
-def load_config(path: Optional[str], **overrides) -> TrainConfig:
-    """TrainConfig from a YAML file, then `overrides` (command-line flags; None = not given)."""
-    import yaml
-    values = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise M3Error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise M3Error(f"{path}: expected a mapping of config keys")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in values:
-        if key not in known:
-            raise M3Error(f"{path}: unknown config key {key!r}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    for f in dataclasses.fields(TrainConfig):  # PyYAML reads 1e-5 (no dot) as a string
-        if f.type == "float" and isinstance(values.get(f.name), str):
-            try:
-                values[f.name] = float(values[f.name])
-            except ValueError:
-                pass
-    cfg = TrainConfig(**values)
-    cfg.check()
-    return cfg
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -265,24 +116,6 @@ def groups_of(rows: list, batch, group_size: int, seed: int):
     return queries, passages, (None if any(s is None for s in scores) else scores)
 
 
-def batch_loss(model: M3Model, queries, passages, teacher_scores, cfg: TrainConfig, m3: M3Config,
-               step: int) -> dict:
-    """Encode one batch (split-batch if configured) and return every loss term (ch. 05-09)."""
-    B, G = len(queries), len(passages[0])
-    with warnings.catch_warnings():  # truncation to the max lengths is routine in training
-        warnings.simplefilter("ignore")
-        q_ids = model.tokenize(queries, cfg.query_max_len)
-        p_ids = model.tokenize([t for g in passages for t in g], cfg.passage_max_len)
-    per_sub_batch = cfg.gradient_checkpointing == "sub_batch"
-    q = encode(model, model.collate(q_ids), cfg.sub_batch_size, per_sub_batch)  # (B, ...)
-    p = encode(model, model.collate(p_ids), cfg.sub_batch_size, per_sub_batch)  # (B*G, ...)
-    teacher = None
-    if teacher_scores is not None and cfg.teacher_kd and m3.unified:
-        teacher = torch.softmax(torch.tensor(teacher_scores, device=q.dense.device).view(B, G), dim=-1)
-    return m3_loss_across_ranks(q, p, m3, model.ignore_ids, model.tokenizer.pad_token_id, G, step, teacher,
-                                cfg.teacher_kd or "m3_kd_loss", cfg.cross_device)
-
-
 # ----------------------------------------------------------------------------- the loop
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up over warmup_ratio*max_steps, then linear decay to 0 (the schedule of the
@@ -305,7 +138,7 @@ def _load_model(cfg: TrainConfig, resume: Optional[Path], env: DistEnv) -> M3Mod
         barrier(env)
     else:
         path = cfg.model
-    model = M3Model.from_pretrained(path, init_heads=resume is None, device=env.device)
+    model = M3Model.from_pretrained(path, init_heads=resume is None, config=cfg.m3, device=env.device)
     broadcast_parameters(model, env)
     torch.manual_seed(cfg.seed + env.rank)  # nanoGPT's seed_offset: different dropout masks per rank
     if cfg.gradient_checkpointing in (True, "layer"):
@@ -337,7 +170,7 @@ def _stage_data(cfg: TrainConfig) -> dict:
                     if not neg:
                         raise M3Error(f"{name}: example {i + 1} has no negatives, but group_size={cfg.group_size}")
         if cfg.teacher_kd and not any("pos_scores" in ds.column_names for ds in data.values()):
-            raise M3Error(f"teacher_kd={cfg.teacher_kd!r}, but no file of {cfg.train_data} has pos_scores/neg_scores")
+            raise M3Error(f"teacher_kd is on, but no file of {cfg.train_data} has pos_scores/neg_scores")
     return stages
 
 
@@ -402,12 +235,10 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         kept = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.exists() else []
         write_jsonl_atomic(log_path, [r for r in kept if ckpt is not None and r["step"] <= step])  # drop lost steps
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not env.master, desc="train", dynamic_ncols=True)
     writer = _tensorboard(out) if cfg.tensorboard and env.master else None
-    base = M3Config.from_preset(cfg.preset, temperature=cfg.temperature, self_distill=cfg.self_distill,
-                                self_distill_start_step=cfg.self_distill_start_step)
     last_good = ckpt
 
     def stop(what):
@@ -415,7 +246,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
 
     def checkpoint(path: Path) -> None:
         trainer = {"step": step, "stage": stage, "sampler": sampler.state_dict(), "world_size": env.world_size,
-                   "lr": lr_at(step, cfg), "config": dataclasses.asdict(cfg)}  # the schedule is lr_at(step)
+                   "lr": lr_at(step, cfg), "config": cfg.to_dict()}  # the schedule is lr_at(step)
         optim = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
         save_checkpoint(path, model, trainer, optim, env)
 
@@ -429,7 +260,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
                                         env.world_size, env.rank, cfg.seed + (stage == "unified"), cfg.drop_last)
                 if sampler_state and stage in sampler_state:
                     sampler.load_state_dict(sampler_state[stage])
-            m3 = base.replace(unified=stage == "unified")
+            m3 = cfg.m3.replace(unified=stage == "unified")
             G = cfg.group_size if stage == "unified" else 1  # stage 1: pairs, in-batch negatives only
             sums, n_queries, t0 = {}, 0, time.time()
             for _ in range(cfg.grad_accum):
@@ -437,7 +268,10 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
                 queries, passages, teacher = groups_of(rows[batch.bucket], batch, G, cfg.seed)
                 n_queries += len(queries) * env.world_size
                 with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                    losses = batch_loss(model, queries, passages, teacher, cfg, m3, step - cfg.dense_steps)
+                    losses = model.training_loss(
+                        queries, passages, m3, step - cfg.dense_steps, teacher if cfg.teacher_kd else None,
+                        cfg.query_max_len, cfg.passage_max_len, cfg.sub_batch_size,
+                        checkpoint_sub_batches=cfg.gradient_checkpointing == "sub_batch")
                 loss = losses["L_final"] / cfg.grad_accum
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 for k in LOSS_KEYS:

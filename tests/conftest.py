@@ -49,3 +49,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """Markers for what cannot carry a decorator: nbval's notebook cells, and the browser test."""
+    for item in items:
+        if item.path.suffix == ".ipynb" or item.path.name == "test_book_html.py":
+            item.add_marker(pytest.mark.book)
+            item.add_marker(pytest.mark.slow)

@@ -7,15 +7,14 @@ import torch
 
 from m3ref.batching import (BucketSampler, auto_sub_batch_size, batch_size_for, bucket_bounds, enable_checkpointing,
                             length_bucket, make_buckets)
-from m3ref.config import M3Config
+from m3ref.config import BATCH_SIZE_TABLES, M3Config
 from m3ref.errors import M3Error
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# Paper Table 9 / legacy per-GPU fine-tuning batch sizes (G=8), keyed by bucket start.
-TABLE9 = {0: 48, 500: 32, 1000: 20, 2000: 18, 3000: 14, 4000: 14, 5000: 12, 6000: 10, 7000: 8}
+TABLE9 = BATCH_SIZE_TABLES["table9"]  # paper Table 9 / legacy per-GPU fine-tuning sizes (G=8)
 
 
 def test_bucket_names_and_batch_size_table():
@@ -83,15 +82,13 @@ def test_make_buckets_by_file_tag_or_token_length():
 
 
 def _loss_and_grads(model, sub_batch_size, checkpointing=False):
-    from m3ref.train import TrainConfig, batch_loss
     queries = ["why is the sky blue", "capital of France", "how do bees make honey"]
     passages = [["Rayleigh scattering of sunlight makes the sky look blue to us.", "Paris is big."],
                 ["Paris is the capital and largest city of France.", "Bees live in hives and dance."],
                 ["Bees turn nectar into honey by evaporation and enzymes in the hive.", "Blue whales."]]
-    cfg = TrainConfig(train_data=".", query_max_len=16, passage_max_len=32, sub_batch_size=sub_batch_size,
-                      gradient_checkpointing=checkpointing)
     model.zero_grad(set_to_none=True)
-    out = batch_loss(model, queries, passages, None, cfg, M3Config(), step=0)
+    out = model.training_loss(queries, passages, M3Config(), max_query_length=16, max_passage_length=32,
+                              sub_batch_size=sub_batch_size, checkpoint_sub_batches=checkpointing == "sub_batch")
     out["L_final"].backward()
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -116,7 +113,7 @@ def test_split_batch_with_checkpointing_equals_full_batch(nodrop_dir, checkpoint
 
 def test_split_batch_sorts_by_length_and_keeps_input_order(nodrop_dir):
     from m3ref import M3Model
-    from m3ref.batching import encode
+    from m3ref.batching import split_batch_forward
     model = M3Model.from_pretrained(nodrop_dir, device="cpu").eval()
     texts = ["short", "a much longer text with many more words than the others in the batch", "mid length text here",
              "tiny", "another fairly long text, though not the longest of them all"]
@@ -124,7 +121,7 @@ def test_split_batch_sorts_by_length_and_keeps_input_order(nodrop_dir):
     calls = []
     model.encoder.register_forward_pre_hook(lambda _m, args, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
     with torch.no_grad():
-        full, split = model(**batch), encode(model, batch, sub_batch_size=2)
+        full, split = model(**batch), split_batch_forward(model, batch, sub_batch_size=2)
     lengths = sorted(batch["attention_mask"].sum(1).tolist(), reverse=True)
     # sub-batches hold the 2 longest, the next 2, the shortest: each trimmed to its longest text
     assert [s[1] for s in calls[1:]] == [lengths[0], lengths[2], lengths[4]]

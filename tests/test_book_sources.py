@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.book]
+
 jupytext = pytest.importorskip("jupytext")
 
 BOOK = Path(__file__).resolve().parents[1] / "book"

@@ -1,4 +1,4 @@
-"""Tests for m3ref.data and the shipped samples built by data_samples/make_samples.py."""
+"""Tests for m3ref.data, m3ref.eval_data and the shipped samples built by data_samples/make_samples.py."""
 from __future__ import annotations
 
 import gzip
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from m3ref.data import (answer_qrels, load_eval, load_train_data, read_train_file, sample_group,
-                        write_jsonl_atomic)
+from m3ref.data import load_train_data, read_train_file, sample_group, write_jsonl_atomic
 from m3ref.errors import M3Error
+from m3ref.eval_data import answer_qrels, load_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data_samples"
@@ -94,6 +94,7 @@ def test_sample_lengths_match_buckets(tokenizer):
     assert all(2000 <= n <= 8000 for n in n_tokens([d["text"] for d in corpus.values()]))
 
 
+@pytest.mark.slow
 def test_builder_reproduces_shipped_files(tokenizer):
     """A fresh build (in memory) equals the shipped files; .gz files compared decompressed."""
     spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
@@ -113,7 +114,7 @@ def test_hub_reader_on_a_local_mirror(tmp_path, monkeypatch):
     repositories exactly as the local branch reads the sample."""
     import datasets
 
-    import m3ref.data
+    import m3ref.eval_data
 
     hub, ev = tmp_path / "hub", SAMPLES / "eval"
 
@@ -128,7 +129,7 @@ def test_hub_reader_on_a_local_mirror(tmp_path, monkeypatch):
            "miracl/miracl-corpus/miracl-corpus-v1.0-de/docs-0.jsonl.gz", gz=True)
     for name in ("corpus.jsonl.gz", "test.jsonl.gz"):
         mirror(f"mldr/mldr-v1.0-de/{name}", f"Shitao/MLDR/mldr-v1.0-de/{name}")
-    monkeypatch.setattr(m3ref.data, "HUB_ROOT", str(hub))
+    monkeypatch.setattr(m3ref.eval_data, "HUB_ROOT", str(hub))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     for benchmark in ("miracl", "mldr"):
         assert load_eval(benchmark, "de", "hub") == load_eval(benchmark, "de")

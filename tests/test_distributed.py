@@ -25,17 +25,17 @@ PASSAGES = [["Rayleigh scattering makes the sky look blue.", "Paris is big.", "S
             ["Mount Everest, on the border of Nepal and China, is the highest mountain above sea level.",
              "Hills.", "Tall trees grow slowly."]]  # the ranks' passages pad to different lengths
 TEACHER = [[3.0, 0.5, 1.0], [2.0, 0.1, 1.5], [2.5, 0.3, 0.2], [4.0, 1.0, 0.0]]
-# name: (M3Config, cross_device, teacher kd)
+# name: (M3Config, use the teacher scores)
 SCENARIOS = {
-    "dense_only": (M3Config(unified=False), "dense", None),
-    "all_modes": (M3Config(), "all", None),
-    "all_modes_m3_kd": (M3Config(), "all", "m3_kd_loss"),
-    "all_modes_kl_div": (M3Config(), "all", "kl_div"),
-    "official_dense": (M3Config(), "dense", None),  # dense across ranks, lexical/multi-vector local
+    "dense_only": (M3Config(unified=False, cross_device="dense"), False),
+    "all_modes": (M3Config(cross_device="all"), False),
+    "all_modes_m3_kd": (M3Config(cross_device="all", kd_loss_type="m3_kd_loss"), True),
+    "all_modes_kl_div": (M3Config(cross_device="all", kd_loss_type="kl_div"), True),
+    "official_dense": (M3Config(cross_device="dense"), False),  # dense across ranks, lexical/multi-vector local
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.dist, pytest.mark.slow]
 
 
 def _free_port() -> int:
@@ -45,11 +45,9 @@ def _free_port() -> int:
 
 
 def _loss(model, queries, passages, teacher, scenario):
-    from m3ref.train import TrainConfig, batch_loss
-    m3, cross_device, kd = SCENARIOS[scenario]
-    cfg = TrainConfig(train_data=".", query_max_len=16, passage_max_len=24, cross_device=cross_device, teacher_kd=kd)
+    m3, use_teacher = SCENARIOS[scenario]
     model.zero_grad(set_to_none=True)
-    return batch_loss(model, queries, passages, teacher if kd else None, cfg, m3, step=0)
+    return model.training_loss(queries, passages, m3, 0, teacher if use_teacher else None, 16, 24)
 
 
 def _grads(model):

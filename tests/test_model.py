@@ -37,6 +37,7 @@ def test_encode_of_nothing_and_of_non_strings(tiny_model):
         tiny_model.encode(["a"], batch_size=0)
 
 
+@pytest.mark.slow
 def test_long_texts_are_truncated_with_one_warning(tiny_model):
     long = "Москва — столица России. " * 300
     with pytest.warns(UserWarning, match="1 of 2 texts were longer than max_length=64"):
@@ -68,6 +69,7 @@ def test_tokenize_and_collate_match_the_tokenizers_own_padding(tiny_model):
         backend.no_truncation()
 
 
+@pytest.mark.slow
 def test_mcls_reduces_to_cls_for_short_texts_and_matches_a_reference(tiny_model):
     short = "A short sentence."
     assert np.allclose(tiny_model.encode(short, mcls_stride=256).dense, tiny_model.encode(short).dense, atol=1e-6)
@@ -160,13 +162,14 @@ def test_hub_ids_go_to_the_hub_and_fail_clearly_offline(monkeypatch):
 
 
 def test_length_batches_cap_padded_tokens():
-    from m3ref.model import length_batches
+    from m3ref.inference import length_batches
     # sorted longest first; budget 100 tokens: [60] alone (2*60 > 100), then [40, 30] (2*40 <= 100, 3*40 > 100)...
     assert length_batches([60, 40, 30, 10, 10, 10], batch_size=4, max_tokens=100) == [(0, 1), (1, 3), (3, 6)]
     assert length_batches([5] * 5, batch_size=2, max_tokens=1000) == [(0, 2), (2, 4), (4, 5)]
     assert length_batches([9000], batch_size=8, max_tokens=100) == [(0, 1)]  # a long text still gets a batch
 
 
+@pytest.mark.slow
 def test_the_shipped_tokenizer_is_current_and_loads_the_same_everywhere():
     import subprocess
     import sys
@@ -178,6 +181,7 @@ def test_the_shipped_tokenizer_is_current_and_loads_the_same_everywhere():
     assert len(runs) == 1  # the same ids in every process
 
 
+@pytest.mark.slow
 def test_a_retrained_tokenizer_has_xlmr_special_ids(tmp_path):
     from transformers import AutoTokenizer
     from m3ref.tiny import build_tokenizer

@@ -1,7 +1,9 @@
 """Parity with the official implementation (PyPI FlagEmbedding) on the same tiny checkpoint.
 
-Tolerances from ../shared/notes/flagembedding-behaviour.md: 1e-5 on vectors and inference
-scores, 1e-3 on temperature-scaled training scores, 1e-4 relative on losses.
+Tolerances, as measured for an exact fp32 re-implementation: 1e-5 on vectors and inference
+scores (SDPA against eager attention alone moves hidden states by 1.5e-5), 1e-3 on
+temperature-scaled training scores (dividing by tau = 0.02 multiplies errors by 50), 1e-4
+relative on losses.
 """
 import copy
 
@@ -11,6 +13,8 @@ import torch
 
 from m3ref import M3Config, M3Model
 from m3ref.losses import group_targets
+
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 FlagEmbedding = pytest.importorskip("FlagEmbedding", reason="pip install -r requirements-test.txt")
 # Five scripts, a literal special token, an empty text and one input of several thousand tokens.
@@ -108,18 +112,23 @@ def tokenize(tok, texts, n):
     return tok(texts, padding=True, truncation=True, max_length=n, return_tensors="pt")
 
 
+# The trainer calls training_loss with split-batch settings: parity holds on that path too.
+TRAINER_PATH = {"sub_batch_size": 2, "checkpoint_sub_batches": True}
+
+
+@pytest.mark.parametrize("path", [{}, TRAINER_PATH], ids=["one_pass", "trainer_path"])
 @pytest.mark.parametrize("teacher,kd", [(None, "m3_kd_loss"), ([[1.0, 0.2, -0.5]] * 3, "m3_kd_loss"),
                                         ([[0.9, 0.4, 0.1]] * 3, "kl_div")])
-def test_training_loss_matches_the_official_training_model(tiny_dir, teacher, kd):
+def test_training_loss_matches_the_official_training_model(tiny_dir, teacher, kd, path):
     ours = M3Model.from_pretrained(tiny_dir, device="cpu")
     theirs = official_training_model(ours, kd_loss_type=kd)
     ours.train()  # the tiny config has dropout 0.1: switch it off for an exact comparison
     for m in list(ours.modules()) + list(theirs.modules()):
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    cfg = M3Config(colbert_max_over_padding=True)  # the official scorer's max over padding
+    cfg = M3Config(colbert_max_over_padding=True, kd_loss_type=kd)  # the official scorer's max over padding
     out = ours.training_loss(QUERIES, GROUPS, cfg, max_query_length=32, max_passage_length=48,
-                             teacher_scores=teacher, kd_kind=kd)
+                             teacher_scores=teacher, **path)
     q = tokenize(ours.tokenizer, QUERIES, 32)
     p = tokenize(ours.tokenizer, [t for g in GROUPS for t in g], 48)
     flat_teacher = None if teacher is None else [x for row in teacher for x in row]

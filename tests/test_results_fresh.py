@@ -14,6 +14,8 @@ RESULTS = ROOT / "book" / "results" / "experiments.json"
 sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
 import fingerprint as FP  # noqa: E402
 
+pytestmark = [pytest.mark.experiments]
+
 WHAT = {"configs": "configs/experiments/*.yaml", "data": "data_samples/train or data_samples/eval",
         "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py"}
 
@@ -39,3 +41,18 @@ def test_docstring_edits_do_not_count():
     b = 'def f(x):\n    """Other doc,\n    longer."""\n\n    return x + 1\n'
     c = 'def f(x):\n    return x + 2\n'
     assert FP.code_digest(a) == FP.code_digest(b) != FP.code_digest(c)
+
+
+def test_only_code_that_changes_numbers_counts(tmp_path):
+    """A rename in the book helpers or the error types needs no retraining; a change to a loss does."""
+    import shutil
+    shutil.copytree(ROOT / "m3ref", tmp_path / "m3ref", ignore=shutil.ignore_patterns("__pycache__"))
+    before = FP.fingerprint(tmp_path)["source"]
+    for name in FP.NOT_NUMBERS:
+        path = tmp_path / name
+        path.write_text(path.read_text() + "\nrenamed_helper = 1\n")
+    assert FP.fingerprint(tmp_path)["source"] == before
+    losses = tmp_path / "m3ref" / "losses.py"
+    losses.write_text(losses.read_text().replace("(L + L_prime) / config.l_final_divisor",
+                                                 "(L + L_prime) / (2 * config.l_final_divisor)"))
+    assert FP.fingerprint(tmp_path)["source"] != before

@@ -91,7 +91,6 @@ def test_multivec_reranks_dense_top_k(data):
     q, p = data
     index = Index(p)
     dense = search_dense(q, index, k=12)
-    # a small budget forces several padded chunks of different lengths
     run = search_multivec(q, index, k=12)
     for i, qid in enumerate(q.ids):
         assert set(run[qid]) == set(dense[qid])  # same candidates, new scores
@@ -200,7 +199,7 @@ def write_rows(path, rows):
 
 
 def test_mine_hard_negatives(tmp_path):
-    rows = [{"query": "q a", "pos": ["p3"], "neg": ["p9"], "neg_scores": [0.1], "prompt": "x"},
+    rows = [{"query": "q a", "pos": ["p3"], "neg": ["p9"], "pos_scores": [1.0], "neg_scores": [0.1], "prompt": "x"},
             {"query": "q b", "pos": ["p0", "p5"], "neg": []}]
     write_rows(tmp_path / "train.jsonl", rows)
     corpus = [f"p{i}" for i in range(12)]  # dense ranking for every query: p0, p1, ..., p11
@@ -209,7 +208,7 @@ def test_mine_hard_negatives(tmp_path):
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert n == 2 and len(out) == 2
     assert out[0]["query"] == "q a" and out[0]["pos"] == ["p3"] and out[0]["prompt"] == "x"
-    assert "neg_scores" not in out[0]  # no longer matches the new negatives
+    assert "neg_scores" not in out[0] and "pos_scores" not in out[0]  # no longer match the new negatives
     assert len(out[0]["neg"]) == 3 and set(out[0]["neg"]) <= {"p2", "p4", "p5", "p6"}  # ranks 2..6 - pos
     assert len(out[1]["neg"]) == 3 and set(out[1]["neg"]) <= {"p2", "p3", "p4", "p6"}
     again = tmp_path / "again.jsonl"
@@ -261,6 +260,7 @@ def write_miracl(root, lang, n_docs=10):
         "".join(f"q{i} Q0 {lang}{i}#0 1\nq{i} Q0 {lang}{i + 1}#0 0\n" for i in range(4)))
 
 
+@pytest.mark.slow
 def test_evaluate_cli_end_to_end(tiny_dir, tmp_path, capsys):
     from m3ref.evaluate import main
     write_miracl(tmp_path / "data", "es")
@@ -269,16 +269,26 @@ def test_evaluate_cli_end_to_end(tiny_dir, tmp_path, capsys):
     main(["--model", tiny_dir, "--data", str(tmp_path / "data"), "--benchmark", "miracl",
           "--langs", "all", "--batch-size", "4", "--json", str(out)])  # all = es, zh
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "miracl ndcg@10" and lines[1].split() == ["Method", "es", "zh", "Avg"]
-    rows = {line[:13].strip(): [float(v) for v in line[13:].split()] for line in lines[2:]}
+    assert lines[0].startswith("miracl ndcg@10") and lines[1].split() == ["Method", "es", "zh", "Avg"]
+    cells = {line[:13].strip(): [v.split("±") for v in line[13:].split()] for line in lines[2:]}
+    rows = {k: [float(v) for v, _ in c] for k, c in cells.items()}
+    half = {k: [float(h) for _, h in c] for k, c in cells.items()}
     assert list(rows) == ["BM25", "Dense", "Sparse", "Multi-vec", "Dense+Sparse", "All"]
-    # the relevant passage is the query itself: cosine 1 and ColBERT 1 put it first
-    assert rows["Dense"] == [100.0] * 3 and rows["Multi-vec"] == [100.0] * 3
+    # the relevant passage is the query itself: cosine 1 and ColBERT 1 put it first, every time
+    assert rows["Dense"] == [100.0] * 3 and rows["Multi-vec"] == [100.0] * 3 and half["Dense"] == [0.0] * 3
     result = json.loads(out.read_text())
     for method, name in [("sparse", "Sparse"), ("all", "All"), ("bm25", "BM25")]:
-        s = result["scores"][method]
+        s, ci = result["scores"][method], result["ci"][method]
         assert rows[name] == [round(100 * s[c]["ndcg@10"], 1) for c in ("es", "zh", "avg")]
         assert s["avg"]["recall@100"] == pytest.approx((s["es"]["recall@100"] + s["zh"]["recall@100"]) / 2)
+        assert all(ci[c]["ndcg@10"][0] <= s[c]["ndcg@10"] <= ci[c]["ndcg@10"][1] for c in ("es", "zh", "avg"))
+        per = result["per_query"][method]["es"]["ndcg@10"]
+        assert s["es"]["ndcg@10"] == pytest.approx(sum(per.values()) / len(per))
+    # paired comparison of two saved evaluations: the run against itself differs by 0 everywhere
+    main(["--compare", str(out), str(out)])
+    compared = capsys.readouterr().out.strip().splitlines()
+    assert compared[0] == "miracl ndcg@10: A - B x100 [95% interval] p" and len(compared) == 1 + 6 * 2
+    assert all("+0.0 [+0.0, +0.0]  p=1.000" in line for line in compared[1:])
 
 
 @pytest.mark.parametrize("args, message", [

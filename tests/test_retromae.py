@@ -175,6 +175,7 @@ def test_same_generator_same_losses():
     assert torch.equal(decoder_attention_mask(17, att, 0.5, gen(7)), decoder_attention_mask(17, att, 0.5, gen(7)))
 
 
+@pytest.mark.slow
 def test_training_lowers_both_losses():
     patterns = [[10, 11, 12], [20, 21], [30, 31, 32, 33], [40, 41]]
     texts = [(patterns[i % 4] * 6)[: 8 + i % 5] for i in range(20)]  # 20 short repetitive texts

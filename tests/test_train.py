@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from m3ref.errors import M3Error
-from m3ref.train import LOSS_KEYS, TrainConfig, latest_checkpoint, load_config, main, train
+from m3ref.config import TrainConfig, load_config
+from m3ref.train import LOSS_KEYS, latest_checkpoint, main, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def toy_data(tmp_path_factory):
 def _cfg(toy_data, tiny_dir, out, **kw):
     values = dict(model=tiny_dir, train_data=str(toy_data / "finetune"), dense_train_data=str(toy_data / "unsup"),
                   output_dir=str(out), query_max_len=16, passage_max_len=32, dense_steps=1, dense_batch_size=6,
-                  group_size=3, batch_size={0: 3, 1000: 2}, teacher_kd="m3_kd_loss", max_steps=4, lr=1e-4,
+                  group_size=3, batch_size={0: 3, 1000: 2}, teacher_kd=True, max_steps=4, lr=1e-4,
                   precision="fp32", save_every=2, tensorboard=False)
     return TrainConfig(**{**values, **kw})
 
@@ -74,6 +75,7 @@ def test_bad_config_and_bad_data_are_one_line_errors(toy_data, tiny_dir, tmp_pat
     assert "train_data" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_log_lines_and_resume_equals_uninterrupted(toy_data, tiny_dir, tmp_path):
     """Dropout stays on (RNG states are restored); the checkpoint is mid-way in stage 2."""
     a, b = tmp_path / "a", tmp_path / "b"
@@ -87,7 +89,7 @@ def test_log_lines_and_resume_equals_uninterrupted(toy_data, tiny_dir, tmp_path)
     # a run "killed" after step 2: only checkpoint-2 is left; --resume picks the latest
     shutil.copytree(a / "checkpoint-2", b / "checkpoint-2")
     cfg_file = tmp_path / "b.yaml"
-    cfg_file.write_text(yaml.safe_dump(vars(_cfg(toy_data, tiny_dir, b))))
+    cfg_file.write_text(yaml.safe_dump(_cfg(toy_data, tiny_dir, b).to_dict()))
     main(["--config", str(cfg_file), "--resume", "--save-every", "0"])
     resumed = _log(b)
     assert [r["step"] for r in resumed] == [3, 4]
@@ -99,6 +101,7 @@ def test_log_lines_and_resume_equals_uninterrupted(toy_data, tiny_dir, tmp_path)
     torch.testing.assert_close(wa, wb)
 
 
+@pytest.mark.slow
 def test_interrupted_checkpoint_write_keeps_the_previous_one(toy_data, tiny_dir, tmp_path, monkeypatch):
     import m3ref.tiny
     from m3ref import M3Model
@@ -128,8 +131,8 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(toy_data, tiny_dir,
 
 
 def test_nan_loss_stops_with_a_clear_message(toy_data, tiny_dir, tmp_path, monkeypatch):
-    import m3ref.train as T
-    calls, real = [], T.m3_loss_across_ranks
+    from m3ref.model import M3Model
+    calls, real = [], M3Model.training_loss
 
     def nan_at_third_step(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -138,13 +141,15 @@ def test_nan_loss_stops_with_a_clear_message(toy_data, tiny_dir, tmp_path, monke
             out["L_final"] = out["L_final"] * float("nan")
         return out
 
-    monkeypatch.setattr(T, "m3_loss_across_ranks", nan_at_third_step)
+    monkeypatch.setattr(M3Model, "training_loss", nan_at_third_step)
     with pytest.raises(M3Error, match=r"step 3: L_final = nan is not finite; stopped\. Last good checkpoint: .*-2"):
         train(_cfg(toy_data, tiny_dir, tmp_path, save_every=1, max_steps=5))
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
     assert [r["step"] for r in _log(tmp_path)] == [1, 2]
 
 
+@pytest.mark.dist
+@pytest.mark.slow
 def test_torchrun_two_ranks_end_to_end(tmp_path, tiny_dir):
     """The documented command; the final checkpoint loads in m3ref and in FlagEmbedding."""
     out = tmp_path / "run"
@@ -207,7 +212,30 @@ def test_gradient_checkpointing_choices(toy_data, tmp_path):
         _cfg(toy_data, None, tmp_path, gradient_checkpointing="all").check()
 
 
-def test_gradient_norm_and_rank_averaging_cover_every_parameter(toy_data, tiny_dir, tmp_path):
-    # the dense-only stage gives no gradient to the heads: its logged norm is the encoder's
+def test_logged_gradient_norm_covers_the_encoder_in_the_dense_stage(toy_data, tiny_dir, tmp_path):
+    # the dense-only stage gives no gradient to the heads: its logged norm is the encoder's. (A
+    # norm over the heads' parameters alone was 0 there; rank averaging: tests/test_distributed.py)
     train(_cfg(toy_data, tiny_dir, tmp_path, dense_steps=1, max_steps=2, save_every=0, head_lr_scale=0.5))
     assert all(r["grad_norm"] > 0 for r in _log(tmp_path))
+
+
+def test_the_trainer_computes_its_loss_through_training_loss(toy_data, nodrop_dir, tmp_path, monkeypatch):
+    """One path: the trainer's step is `M3Model.training_loss` with its split-batch settings, and
+    that equals the plain call (one pass, no checkpointing) on the same batch."""
+    from m3ref import M3Model
+    calls, real = [], M3Model.training_loss
+
+    def record(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        calls.append((args, kwargs, out["L_final"].item()))
+        return out
+
+    monkeypatch.setattr(M3Model, "training_loss", record)
+    train(_cfg(toy_data, nodrop_dir, tmp_path, dense_steps=0, max_steps=1, save_every=0, sub_batch_size=2,
+               gradient_checkpointing="sub_batch"))
+    (queries, passages, config, step, teacher, q_len, p_len, sub_batch), kwargs, logged = calls[0]
+    assert sub_batch == 2 and kwargs == {"checkpoint_sub_batches": True}
+    assert _log(tmp_path)[0]["L_final"] == pytest.approx(logged, rel=1e-12)
+    fresh = M3Model.from_pretrained(nodrop_dir, device="cpu").train()
+    plain = real(fresh, queries, passages, config, step, teacher, q_len, p_len)
+    assert plain["L_final"].item() == pytest.approx(logged, rel=1e-6)

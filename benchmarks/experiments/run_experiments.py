@@ -138,12 +138,11 @@ def train_config(runs: Path, name: str, cfg: dict, seed: int) -> dict:
 
 def train(runs: Path, name: str, cfg: dict, seed: int) -> dict:
     """Train one (experiment, seed) unless an identical finished run exists; return its record."""
-    from m3ref.train import load_config
-    import dataclasses
+    from m3ref.config import load_config
     import yaml
     out = run_dir(runs, name, seed)
     values = train_config(runs, name, cfg, seed)
-    want = json.loads(json.dumps(dataclasses.asdict(load_config(None, **values))))  # as stored
+    want = load_config(None, **values).to_dict()  # as stored
     done = out / "final" / "trainer_state.json"
     record_path = out / "experiment_record.json"
     source = FP.fingerprint()["source"]  # a fix to the training code must retrain, not reuse
@@ -213,7 +212,7 @@ def eval_one(model_dir: str, tag: str, out: str, baseline: bool, benchmarks: dic
     import numpy as np
     import torch
     torch.set_num_threads(1)
-    from m3ref.data import load_eval
+    from m3ref.eval_data import load_eval
     from m3ref.evaluate import evaluate_model, passage_text
     from m3ref.model import M3Model
     cfg = load_yaml(CONFIG_DIR / "eval.yaml")
