@@ -39,7 +39,8 @@ chromium:
 notebooks: setup-test
 	$(BIN)/jupytext --update --to ipynb book/[0-9]*.md
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-	  --ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=600 book/[0-9]*.ipynb
+	  --ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=600 \
+	  --Exporter.preprocessors=nbconvert.preprocessors.CoalesceStreamsPreprocessor book/[0-9]*.ipynb
 
 clean:
 	rm -rf book/_build

@@ -61,19 +61,21 @@ def auto_sub_batch_size(length: int) -> int:
 def make_buckets(datasets: dict, tokenizer, edges: Sequence[int] = LENGTH_EDGES) -> list:
     """[(name, lower length, rows)]: one bucket per `*_len-{lo}-{hi}` file, as the official
     split files are; a file without a length tag is split by the longest text of each
-    example (query, positives, negatives) in tokens, on `edges`."""
+    example (query, positives, negatives) in tokens, on `edges`. `rows` is the file's
+    `datasets.Dataset` (memory-mapped) or a view of it (`select`): row i is `rows[i]`."""
     buckets = []
     for name, ds in datasets.items():
-        rows = ds.to_list() if hasattr(ds, "to_list") else list(ds)
         bounds = bucket_bounds(name)
         if bounds:
-            buckets.append((name, bounds[0], rows))
+            buckets.append((name, bounds[0], ds))
             continue
         groups = {}
-        for r in rows:
-            lengths = [len(ids) for ids in tokenizer([r["query"], *r["pos"], *(r["neg"] or [])])["input_ids"]]
-            groups.setdefault(length_bucket(max(lengths), edges), []).append(r)
-        buckets += [(f"{name}_len-{lo}", lo, g) for lo, g in sorted(groups.items())]
+        for start in range(0, len(ds), 1000):  # tokenized 1000 examples at a time
+            chunk = ds[start:start + 1000]
+            for i, (q, pos, neg) in enumerate(zip(chunk["query"], chunk["pos"], chunk["neg"]), start):
+                longest = max(len(ids) for ids in tokenizer([q, *pos, *(neg or [])])["input_ids"])
+                groups.setdefault(length_bucket(longest, edges), []).append(i)
+        buckets += [(f"{name}_len-{lo}", lo, ds.select(idx)) for lo, idx in sorted(groups.items())]
     return buckets
 
 

@@ -102,14 +102,44 @@ def validate_example(ex: dict, where: str, required=REQUIRED) -> dict:
     return out
 
 
-def _to_dataset(rows: list[dict]):
-    """Rows -> `datasets.Dataset`; a field absent from some rows is None there."""
+def _features():
+    """The Arrow schema of a training example; an absent optional field is null."""
+    from datasets import Features, Sequence, Value
+    texts, scores = Sequence(Value("string")), Sequence(Value("float64"))
+    return Features({"query": Value("string"), "pos": texts, "neg": texts, "pos_scores": scores,
+                     "neg_scores": scores, "prompt": Value("string"), "type": Value("string")})
+
+
+def _validated_rows(path: str, stamp):
+    """Validated examples of one file, streamed (`stamp` only keys the cache on size and mtime)."""
+    names = _features()
+    for no, obj in jsonl_rows(Path(path)):
+        ex = validate_example(obj, f"{path}:{no}")
+        yield {k: ex.get(k) for k in names}
+
+
+def _arrow_dataset(path: Path):
+    """One training file as a memory-mapped `datasets.Dataset`: rows are validated while they
+    are written to an Arrow cache file (in the `datasets` cache), so a file of millions of
+    examples trains without being held in memory. A changed file (size or mtime) is re-read."""
     import datasets
 
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    return datasets.Dataset.from_dict({k: [r.get(k) for r in rows] for k in keys})
+    stat = path.stat()
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.Dataset.from_generator(
+            _validated_rows, features=_features(),
+            gen_kwargs={"path": str(path.resolve()), "stamp": (stat.st_size, stat.st_mtime_ns)})
+    except datasets.exceptions.DatasetGenerationError as exc:  # re-raise our file:line message
+        cause = exc.__cause__ or exc.__context__
+        raise (cause if isinstance(cause, M3Error) else M3Error(f"{path}: {exc}")) from None
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+    if len(ds) == 0:
+        raise M3Error(f"{path}: no examples")
+    return ds
 
 
 def read_train_file(path: str | os.PathLike, required=REQUIRED) -> list[dict]:
@@ -125,6 +155,10 @@ def read_train_file(path: str | os.PathLike, required=REQUIRED) -> list[dict]:
 def load_train_data(path_or_name: str | os.PathLike, split: str = "train") -> dict:
     """Load fine-tuning data (paper §3.4) as ``{name: datasets.Dataset}``, validated first.
 
+    Local files become memory-mapped Arrow datasets (columns query, pos, neg, pos_scores,
+    neg_scores, prompt, type; other keys are dropped), so their size is bounded by the disk,
+    not by memory.
+
     - a ``.jsonl`` (or ``.jsonl.gz``) file gives one entry, named after the file;
     - a directory gives one entry per JSONL file in it (sorted), so that a trainer can draw each
       batch from a single file, e.g. one length bucket ``<name>_len-{lo}-{hi}`` (§3.4, Table 9);
@@ -139,9 +173,9 @@ def load_train_data(path_or_name: str | os.PathLike, split: str = "train") -> di
         files = sorted(f for f in p.iterdir() if f.name.endswith((".jsonl", ".jsonl.gz")))
         if not files:
             raise M3Error(f"{p}: no .jsonl files in this directory")
-        return {_stem(f): _to_dataset(read_train_file(f)) for f in files}
+        return {_stem(f): _arrow_dataset(f) for f in files}
     if p.is_file():
-        return {_stem(p): _to_dataset(read_train_file(p))}
+        return {_stem(p): _arrow_dataset(p)}
     name = str(path_or_name)
     if not is_hub_id(name) or "/" not in name or name.endswith((".jsonl", ".json", ".gz")):
         raise M3Error(f"{name}: no such file or directory")

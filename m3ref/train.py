@@ -35,6 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import pyarrow.compute as pc
 import torch
 
 from .batching import BucketSampler, batch_size_for, enable_checkpointing, make_buckets
@@ -166,10 +167,11 @@ def _stage_data(cfg: TrainConfig) -> dict:
         stages["unified"] = data = _load_all(cfg.train_data)
         for name, ds in data.items():
             if cfg.group_size > 1:
-                for i, neg in enumerate(ds["neg"]):
-                    if not neg:
-                        raise M3Error(f"{name}: example {i + 1} has no negatives, but group_size={cfg.group_size}")
-        if cfg.teacher_kd and not any("pos_scores" in ds.column_names for ds in data.values()):
+                counts = pc.list_value_length(ds.data.column("neg")).fill_null(0)  # (N,) negatives per example
+                if pc.min(counts).as_py() == 0:
+                    i = pc.index(pc.equal(counts, 0), True).as_py()
+                    raise M3Error(f"{name}: example {i + 1} has no negatives, but group_size={cfg.group_size}")
+        if cfg.teacher_kd and all(ds.data.column("pos_scores").null_count == len(ds) for ds in data.values()):
             raise M3Error(f"teacher_kd is on, but no file of {cfg.train_data} has pos_scores/neg_scores")
     return stages
 

@@ -73,12 +73,12 @@ def test_make_buckets_by_file_tag_or_token_length():
     class Tok:  # one token per word, as a stand-in tokenizer
         def __call__(self, texts):
             return {"input_ids": [t.split() for t in texts]}
-    rows = [{"query": "q", "pos": ["w " * n], "neg": []} for n in (3, 12, 25, 5)]
+    import datasets
+    rows = datasets.Dataset.from_list([{"query": "q", "pos": ["w " * n], "neg": []} for n in (3, 12, 25, 5)])
     buckets = make_buckets({"tagged_len-0-500": rows, "plain": rows}, Tok(), edges=[0, 10, 20])
     assert [(name, lo, len(r)) for name, lo, r in buckets] == [
         ("tagged_len-0-500", 0, 4), ("plain_len-0", 0, 2), ("plain_len-10", 10, 1), ("plain_len-20", 20, 1)]
-
-
+    assert [r["pos"][0].count("w") for r in buckets[1][2]] == [3, 5]  # views of the rows, in file order
 
 
 def _loss_and_grads(model, sub_batch_size, checkpointing=False):

@@ -223,3 +223,16 @@ def test_answer_qrels_token_match():
     corpus = {"a": {"text": "The Nile is about 6,650 km long."}, "b": {"text": "Nilewater"}}
     assert answer_qrels(corpus, {"q": ["nile"], "r": ["6,650 km"], "s": ["65"]}) == {
         "q": {"a": 1}, "r": {"a": 1}, "s": {}}
+
+
+def test_training_files_are_memory_mapped_and_reread_when_changed(tmp_path):
+    path = tmp_path / "pairs_len-0-500.jsonl"
+    write_jsonl_atomic(path, [{"query": f"q{i}", "pos": [f"p{i}"], "neg": [], "lang": "en"} for i in range(5)])
+    ds = load_train_data(path)["pairs_len-0-500"]
+    assert ds.cache_files and ds.cache_files[0]["filename"].endswith(".arrow")  # on disk, not in memory
+    assert ds.column_names == ["query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "type"]
+    assert ds[3] == {"query": "q3", "pos": ["p3"], "neg": [], "pos_scores": None, "neg_scores": None,
+                     "prompt": None, "type": None}
+    write_jsonl_atomic(path, [{"query": "new", "pos": ["p"], "neg": ["n"], "pos_scores": [1], "neg_scores": [0]}])
+    again = load_train_data(path)["pairs_len-0-500"]
+    assert len(again) == 1 and again[0]["query"] == "new" and again[0]["neg_scores"] == [0.0]
