@@ -159,6 +159,17 @@ class TrainConfig:
     length_edges: list = field(default_factory=lambda: list(LENGTH_EDGES))
     # Official: incomplete batches are dropped. False fills them up, so no example is skipped.
     drop_last: bool = False
+    # --- stage 0: RetroMAE pre-training (paper Sec. 3.4; RetroMAE, arXiv 2205.12035)
+    # Steps of masked auto-encoding before any contrastive stage; 0 = none (BAAI/bge-m3 and
+    # xlm-roberta-large are past it: the paper's encoder is XLM-R after RetroMAE).
+    retromae_steps: int = 0
+    # Texts to pre-train on: the `pos` passages of these training files; None = dense_train_data.
+    retromae_data: Union[str, list, None] = None
+    # Per-rank batch size of stage 0 (an int or {lower length: size}).
+    retromae_batch_size: BatchSizes = 32
+    # Share of content tokens masked: the encoder's input (RetroMAE: 15-30 %) and the
+    # decoder's attention (50-70 %); RetroMAE's defaults are 0.3 and 0.5 (its Sec. 4.1).
+    retromae_mask: list = field(default_factory=lambda: [0.3, 0.5])
     # --- stage 1: dense-only contrastive learning on pairs
     dense_steps: int = 0
     # Per-rank batch size, one int or {lower length: size}; big, as only G=1 (Table 9).
@@ -204,7 +215,7 @@ class TrainConfig:
         if isinstance(self.m3, dict):  # the nested `m3:` block of a YAML file
             values = dict(self.m3)
             self.m3 = M3Config.from_preset(values.pop("preset", "official"), **values)
-        for name in ("batch_size", "dense_batch_size"):
+        for name in ("batch_size", "dense_batch_size", "retromae_batch_size"):
             table = getattr(self, name)
             if isinstance(table, str):
                 if table not in BATCH_SIZE_TABLES:
@@ -226,7 +237,8 @@ class TrainConfig:
                 raise M3Error(f"config: {name}={getattr(self, name)!r}: {what}")
 
         for name, lo in (("max_steps", 1), ("grad_accum", 1), ("group_size", 1), ("query_max_len", 2),
-                         ("passage_max_len", 2), ("dense_steps", 0), ("save_every", 0), ("seed", 0)):
+                         ("passage_max_len", 2), ("retromae_steps", 0), ("dense_steps", 0), ("save_every", 0),
+                         ("seed", 0)):
             need(_is_int(getattr(self, name)) and getattr(self, name) >= lo, name, f"must be an integer >= {lo}")
         for name in ("lr", "dist_timeout_s", "weight_decay", "max_grad_norm", "warmup_ratio", "head_lr_scale"):
             v = getattr(self, name)
@@ -242,7 +254,10 @@ class TrainConfig:
             need(isinstance(getattr(self, name), bool), name, "must be true or false")
         need(self.precision in ("bf16", "fp16", "fp32"), "precision", "choose one of bf16, fp16, fp32")
         need(isinstance(self.m3, M3Config), "m3", "must be a mapping of M3Config fields")
-        for name in ("dense_batch_size", "batch_size"):
+        need(isinstance(self.retromae_mask, (list, tuple)) and len(self.retromae_mask) == 2
+             and all(isinstance(r, (int, float)) and 0 < r < 1 for r in self.retromae_mask), "retromae_mask",
+             "must be [encoder ratio, decoder ratio], each between 0 and 1")
+        for name in ("retromae_batch_size", "dense_batch_size", "batch_size"):
             v = getattr(self, name)
             table = v if isinstance(v, dict) else {0: v}
             need(table and all(_is_int(k) and k >= 0 and _is_int(s) and s >= 1 for k, s in table.items()), name,
@@ -254,9 +269,9 @@ class TrainConfig:
         need(self.model is None or isinstance(self.model, str), "model", "must be a path, a hub id or null")
         need(isinstance(self.output_dir, str) and self.output_dir, "output_dir", "must be a path")
         from .data import is_hub_id
-        for name in ("train_data", "dense_train_data"):
+        for name in ("train_data", "dense_train_data", "retromae_data"):
             paths = getattr(self, name)
-            if paths is None and name == "dense_train_data":
+            if paths is None and name != "train_data":
                 continue
             for path in paths if isinstance(paths, list) and paths else [paths]:
                 need(isinstance(path, str) and (os.path.exists(path) or is_hub_id(path)),

@@ -5,7 +5,9 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \
         -m m3ref.train --config configs/bge-m3-gpu.yaml
 
-Two stages in one run, as in the paper's recipe:
+Up to three stages in one run, as in the paper's recipe (Sec. 3.4, Table 6):
+0. `retromae_steps` steps of RetroMAE pre-training on passages (`m3ref.retromae`): the
+   encoder rebuilds masked texts, and a one-layer decoder rebuilds them from its [CLS] state.
 1. `dense_steps` optimizer steps of dense-only contrastive learning on (query, positive)
    pairs with in-batch negatives (M3Config(unified=False), G=1): the paper's
    pre-training stage on unsupervised pairs.
@@ -44,9 +46,21 @@ from .data import load_train_data, sample_group, write_jsonl_atomic
 from .distributed import DistEnv, average_gradients, barrier, broadcast_parameters, cleanup, mean_across_ranks, setup
 from .errors import M3Error, cli_errors
 from .model import M3Model
+from .retromae import RetroMAEDecoder, retromae_loss
 
 LOSS_KEYS = ("L_final", "L", "L_dense", "L_lex", "L_mul", "L_inter", "L_prime",
-             "L_prime_dense", "L_prime_lex", "L_prime_mul")
+             "L_prime_dense", "L_prime_lex", "L_prime_mul", "L_enc", "L_dec")
+STAGES = ("retromae", "dense", "unified")
+DECODER_FILE = "retromae_decoder.pt"  # in the checkpoints of a run with a RetroMAE stage, not in final/
+
+
+def stage_start(stage: str, cfg: TrainConfig) -> int:
+    """First step of a stage: RetroMAE, then dense-only, then unified fine-tuning."""
+    return {"retromae": 0, "dense": cfg.retromae_steps, "unified": cfg.retromae_steps + cfg.dense_steps}[stage]
+
+
+def stage_at(step: int, cfg: TrainConfig) -> str:
+    return [s for s in STAGES if step >= stage_start(s, cfg)][-1]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -61,17 +75,21 @@ def latest_checkpoint(output_dir) -> Optional[Path]:
     return best
 
 
-def save_checkpoint(path: Path, model: M3Model, trainer: dict, optim: dict, env: DistEnv) -> None:
+def save_checkpoint(path: Path, model: M3Model, trainer: dict, optim: dict, env: DistEnv,
+                    extra: Optional[dict] = None) -> None:
     """Write `path` atomically: everything goes to `.tmp-<name>` first, then one rename.
 
-    `trainer` (JSON: step, stage, sampler, ...) and `optim` (optimizer/grad-scaler
-    state dicts) come from rank 0; every rank adds its own RNG state.
+    `trainer` (JSON: step, stage, sampler, ...), `optim` (optimizer/grad-scaler state dicts)
+    and `extra` ({file name: state dict}, e.g. the RetroMAE decoder) come from rank 0; every
+    rank adds its own RNG state.
     """
     tmp = path.with_name(f".tmp-{path.name}")
     if env.master:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)  # official layout: encoder, tokenizer, colbert/sparse heads
         torch.save(optim, tmp / "optimizer.pt")
+        for name, state in (extra or {}).items():
+            torch.save(state, tmp / name)
     barrier(env)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -161,9 +179,11 @@ def _load_all(paths) -> dict:
 def _stage_data(cfg: TrainConfig) -> dict:
     """Load and validate every data file before any compute: {stage: datasets}."""
     stages = {}
+    if cfg.retromae_steps > 0:
+        stages["retromae"] = _load_all(cfg.retromae_data or cfg.dense_train_data or cfg.train_data)
     if cfg.dense_steps > 0:
         stages["dense"] = _load_all(cfg.dense_train_data or cfg.train_data)
-    if cfg.max_steps > cfg.dense_steps:
+    if cfg.max_steps > stage_start("unified", cfg):
         stages["unified"] = data = _load_all(cfg.train_data)
         for name, ds in data.items():
             if cfg.group_size > 1:
@@ -206,7 +226,15 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     model = _load_model(cfg, ckpt, env)
     buckets = {s: make_buckets(d, model.tokenizer, cfg.length_edges) for s, d in stage_data.items()}
 
+    decoder = None
+    if cfg.retromae_steps > 0:  # its decoder is trained in stage 0 only, and never saved in final/
+        torch.manual_seed(cfg.seed)
+        decoder = RetroMAEDecoder(model.encoder).to(env.device).train()
+        if ckpt is not None and (ckpt / DECODER_FILE).is_file():
+            decoder.load_state_dict(torch.load(ckpt / DECODER_FILE, map_location=env.device, weights_only=True))
+        broadcast_parameters(decoder, env)
     params = [p for p in model.parameters() if p.requires_grad]
+    params += list(decoder.parameters()) if decoder is not None else []
     heads = {id(p) for head in (model.sparse_linear, model.colbert_linear) for p in head.parameters()}
     # no weight decay on biases and LayerNorm; the heads may learn at a scaled rate
     groups = [{"params": [p for p in params if (id(p) in heads) == is_head and (p.dim() >= 2) == decay],
@@ -250,30 +278,37 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         trainer = {"step": step, "stage": stage, "sampler": sampler.state_dict(), "world_size": env.world_size,
                    "lr": lr_at(step, cfg), "config": cfg.to_dict()}  # the schedule is lr_at(step)
         optim = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
-        save_checkpoint(path, model, trainer, optim, env)
+        extra = {DECODER_FILE: decoder.state_dict()} if decoder is not None and path.name != "final" else None
+        save_checkpoint(path, model, trainer, optim, env, extra)
 
     try:
         while step < cfg.max_steps:
-            if stage != ("dense" if step < cfg.dense_steps else "unified"):  # a new stage: its own sampler
-                stage = "dense" if step < cfg.dense_steps else "unified"
+            if stage != stage_at(step, cfg):  # a new stage: its own sampler
+                stage = stage_at(step, cfg)
                 _, los, rows = zip(*buckets[stage])
-                table = cfg.dense_batch_size if stage == "dense" else cfg.batch_size
+                table = {"retromae": cfg.retromae_batch_size, "dense": cfg.dense_batch_size,
+                         "unified": cfg.batch_size}[stage]
+                seed = cfg.seed + {"dense": 0, "unified": 1, "retromae": 2}[stage]
                 sampler = BucketSampler([len(r) for r in rows], [batch_size_for(lo, table) for lo in los],
-                                        env.world_size, env.rank, cfg.seed + (stage == "unified"), cfg.drop_last)
+                                        env.world_size, env.rank, seed, cfg.drop_last)
                 if sampler_state and stage in sampler_state:
                     sampler.load_state_dict(sampler_state[stage])
             m3 = cfg.m3.replace(unified=stage == "unified")
             G = cfg.group_size if stage == "unified" else 1  # stage 1: pairs, in-batch negatives only
             sums, n_queries, t0 = {}, 0, time.time()
-            for _ in range(cfg.grad_accum):
+            for micro in range(cfg.grad_accum):
                 batch = next(sampler)
-                queries, passages, teacher = groups_of(rows[batch.bucket], batch, G, cfg.seed)
-                n_queries += len(queries) * env.world_size
+                n_queries += len(batch.indices) * env.world_size
                 with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                    losses = model.training_loss(
-                        queries, passages, m3, step - cfg.dense_steps, teacher if cfg.teacher_kd else None,
-                        cfg.query_max_len, cfg.passage_max_len, cfg.sub_batch_size,
-                        checkpoint_sub_batches=cfg.gradient_checkpointing == "sub_batch")
+                    if stage == "retromae":
+                        texts = [rows[batch.bucket][i]["pos"][0] for i in batch.indices]
+                        losses = _retromae_step(model, decoder, texts, cfg, step, micro, env.rank)
+                    else:
+                        queries, passages, teacher = groups_of(rows[batch.bucket], batch, G, cfg.seed)
+                        losses = model.training_loss(
+                            queries, passages, m3, step - stage_start(stage, cfg), teacher if cfg.teacher_kd else None,
+                            cfg.query_max_len, cfg.passage_max_len, cfg.sub_batch_size,
+                            checkpoint_sub_batches=cfg.gradient_checkpointing == "sub_batch")
                 loss = losses["L_final"] / cfg.grad_accum
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 for k in LOSS_KEYS:
@@ -318,6 +353,18 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         if writer is not None:
             writer.close()
     return out / "final"
+
+
+def _retromae_step(model: M3Model, decoder: RetroMAEDecoder, texts: list, cfg: TrainConfig, step: int,
+                   micro: int, rank: int) -> dict:
+    """RetroMAE's L = L_enc + L_dec on one batch of passages (`m3ref.retromae.retromae_loss`).
+    The masks come from a generator seeded by (seed, step, micro-batch, rank): a resumed run
+    draws the same masks."""
+    generator = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 131 + micro) * 8191 + rank)
+    batch = model.collate(model.tokenize(texts, cfg.passage_max_len, warn=False))
+    out = retromae_loss(model.encoder, decoder, batch["input_ids"], batch["attention_mask"],
+                        model.tokenizer.mask_token_id, model.ignore_ids, *cfg.retromae_mask, generator=generator)
+    return {"L_final": out["loss"], "L_enc": out["L_enc"], "L_dec": out["L_dec"]}
 
 
 def _tensorboard(out: Path):

@@ -83,7 +83,8 @@ def test_log_lines_and_resume_equals_uninterrupted(toy_data, tiny_dir, tmp_path)
     log = _log(a)
     assert [r["step"] for r in log] == [1, 2, 3, 4] and [r["stage"] for r in log] == ["dense"] + ["unified"] * 3
     assert all(k in r for r in log for k in ("step", "lr", *LOSS_KEYS))
-    assert log[0]["L_lex"] is None and all(math.isfinite(r[k]) for r in log[1:] for k in LOSS_KEYS)
+    unified = [k for k in LOSS_KEYS if k not in ("L_enc", "L_dec")]  # RetroMAE's terms are None here
+    assert log[0]["L_lex"] is None and all(math.isfinite(r[k]) for r in log[1:] for k in unified)
     assert sorted(p.name for p in a.iterdir() if p.is_dir()) == ["checkpoint-2", "final"]
     assert latest_checkpoint(a) == final
     # a run "killed" after step 2: only checkpoint-2 is left; --resume picks the latest
@@ -94,7 +95,7 @@ def test_log_lines_and_resume_equals_uninterrupted(toy_data, tiny_dir, tmp_path)
     resumed = _log(b)
     assert [r["step"] for r in resumed] == [3, 4]
     for before, after in zip(log[2:], resumed):
-        for k in (*LOSS_KEYS, "lr", "grad_norm"):
+        for k in (*unified, "lr", "grad_norm"):
             assert after[k] == pytest.approx(before[k], rel=1e-6, abs=1e-9), (after["step"], k)
     wa = torch.load(a / "final" / "sparse_linear.pt", weights_only=True)
     wb = torch.load(b / "final" / "sparse_linear.pt", weights_only=True)
@@ -239,3 +240,24 @@ def test_the_trainer_computes_its_loss_through_training_loss(toy_data, nodrop_di
     fresh = M3Model.from_pretrained(nodrop_dir, device="cpu").train()
     plain = real(fresh, queries, passages, config, step, teacher, q_len, p_len)
     assert plain["L_final"].item() == pytest.approx(logged, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_retromae_stage_then_dense_then_unified_and_exact_resume(toy_data, tiny_dir, tmp_path):
+    """The whole recipe in one run: RetroMAE (stage 0), dense-only, unified; a resume inside
+    stage 0 restores the decoder and draws the same masks."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    cfg = dict(retromae_steps=2, retromae_batch_size=4, dense_steps=1, max_steps=4, save_every=1)
+    train(_cfg(toy_data, tiny_dir, a, **cfg))
+    log = _log(a)
+    assert [r["stage"] for r in log] == ["retromae", "retromae", "dense", "unified"]
+    assert all(math.isfinite(r["L_enc"]) and math.isfinite(r["L_dec"]) for r in log[:2])
+    assert all(r["L_final"] == pytest.approx(r["L_enc"] + r["L_dec"]) for r in log[:2])
+    assert log[2]["L_enc"] is None and math.isfinite(log[2]["L_dense"]) and math.isfinite(log[3]["L_mul"])
+    assert (a / "checkpoint-1" / "retromae_decoder.pt").is_file() and not (a / "final" / "retromae_decoder.pt").exists()
+    shutil.copytree(a / "checkpoint-1", b / "checkpoint-1")
+    train(_cfg(toy_data, tiny_dir, b, **{**cfg, "save_every": 0}), resume="latest")
+    for before, after in zip(log[1:], _log(b)):
+        for k in ("L_final", "L_enc", "L_dec", "L_dense", "grad_norm"):
+            want = None if before[k] is None else pytest.approx(before[k], rel=1e-6, abs=1e-9)
+            assert after[k] == want, (after["step"], k)
