@@ -17,6 +17,7 @@ Two presets of `M3Config` cover the two published definitions of the loss:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Union
@@ -79,12 +80,20 @@ class M3Config:
     preset: str = field(default="official")
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise M3Error(f"temperature must be > 0, got {self.temperature}")
+        if not (_is_number(self.temperature) and self.temperature > 0):
+            raise M3Error(f"temperature must be > 0, got {self.temperature!r}")
         for name in ("ensemble_weights", "loss_weights"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))  # YAML gives lists
-            if len(getattr(self, name)) != 3:
-                raise M3Error(f"{name} needs 3 values (dense, lexical, multi-vector)")
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or len(value) != 3:
+                raise M3Error(f"{name} needs 3 values (dense, lexical, multi-vector), got {value!r}")
+            object.__setattr__(self, name, tuple(value))  # YAML gives lists
+            if not all(_is_number(w) for w in value):
+                raise M3Error(f"{name} must be 3 finite numbers, got {value!r}")
+        for name in ("l_divisor", "l_prime_divisor", "l_final_divisor"):
+            if not (_is_number(getattr(self, name)) and getattr(self, name) > 0):
+                raise M3Error(f"{name} must be a number > 0, got {getattr(self, name)!r}")
+        if not _is_int(self.colbert_dim):
+            raise M3Error(f"colbert_dim must be an integer (-1: the encoder's width), got {self.colbert_dim!r}")
         if self.mcls_stride is not None and not (_is_int(self.mcls_stride) and self.mcls_stride >= 1):
             raise M3Error(f"mcls_stride must be None (off) or an integer >= 1, got {self.mcls_stride!r}")
         for name in ("unified", "self_distill", "colbert_max_over_padding"):
@@ -123,6 +132,11 @@ class M3Config:
                     overrides[key] = float(value)
                 except ValueError:
                     raise M3Error(f"m3: {key}={value!r} is not a number") from None
+            if types[key].startswith("tuple[float") and isinstance(value, list):  # [1, 1e-1, 1] too
+                try:
+                    overrides[key] = [float(v) if isinstance(v, str) else v for v in value]
+                except ValueError:
+                    raise M3Error(f"m3: {key}={value!r}: give 3 numbers") from None
         return getattr(cls, name)(**overrides)
 
     def replace(self, **changes) -> "M3Config":
@@ -311,3 +325,7 @@ def load_config(path: Optional[str], **overrides) -> TrainConfig:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -39,9 +39,14 @@ def tokenize(model, texts: Sequence[str], max_length: int, mcls_stride: Optional
     (MCLS, paper App. B.2). The inserted tokens count towards `max_length`.
     """
     texts = _check_texts(texts)
-    if max_length > model.max_length or max_length < 2:
-        raise M3Error(f"max_length={max_length} is outside 2..{model.max_length} (this model's position table)")
-    ids = _content_ids(model.tokenizer, texts) if texts else []
+    if not _is_int(max_length) or max_length > model.max_length or max_length < 2:
+        raise M3Error(f"max_length={max_length!r} is outside 2..{model.max_length} (this model's position table)")
+    _check_stride(mcls_stride)
+    try:
+        ids = _content_ids(model.tokenizer, texts) if texts else []
+    except Exception:  # noqa: BLE001 - the tokenizer's TypeError does not say which text
+        _check_encodable(texts)
+        raise
     cls, eos = model.tokenizer.cls_token_id, model.eos_id
     out, cut = [], 0
     for content in ids:
@@ -111,11 +116,12 @@ def encode(model, texts, batch_size: int = 32, max_length: int = 8192, return_de
     """
     single = isinstance(texts, str)
     mcls_stride = model.config.mcls_stride if mcls_stride is None else mcls_stride
-    if not (isinstance(mcls_stride, int) and mcls_stride >= 0) and mcls_stride is not None:
-        raise M3Error(f"mcls_stride must be an integer >= 1 (or 0 for off), got {mcls_stride!r}")
+    _check_stride(mcls_stride)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_length", max_length, 2)
+    if max_tokens is not None:
+        _check_int("max_tokens", max_tokens, 1)
     seqs = tokenize(model, [texts] if single else texts, min(max_length, model.max_length), mcls_stride)
-    if batch_size < 1:
-        raise M3Error(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -190,8 +196,18 @@ def compute_score(model, pairs, weights: Sequence[float] = (1.0, 1.0, 1.0), max_
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
             raise M3Error(f"pairs[{i}] is not a (query, passage) pair")
-    if len(weights) != 3:
-        raise M3Error("weights needs 3 values (w_dense, w_sparse, w_colbert)")
+        for j, text in enumerate(pair):
+            if not isinstance(text, str):
+                raise M3Error(f"pairs[{i}][{j}] is a {type(text).__name__}, not a string")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise M3Error(f"pairs[{i}][{j}] holds a lone surrogate (U+{ord(text[exc.start]):04X} at character "
+                              f"{exc.start}), which is not valid Unicode text") from None
+    weights = check_weights(weights)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_query_length", max_query_length, 2)
+    _check_int("max_passage_length", max_passage_length, 2)
     was_training = model.training
     model.eval()
     keys = ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense")
@@ -220,6 +236,46 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
         spans.append((start, end))
         start = end
     return spans
+
+
+def check_weights(weights) -> tuple:
+    """(w_dense, w_sparse, w_colbert) as floats: finite, >= 0, and each weighted average
+    ("sparse+dense" divides by w_dense + w_sparse, "colbert+sparse+dense" by all three) has a
+    positive divisor, so no score comes back as nan or inf."""
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, (tuple, list)) or len(weights) != 3 or not all(
+            isinstance(w, (int, float, np.integer, np.floating)) and not isinstance(w, bool) for w in weights):
+        raise M3Error(f"weights={weights!r}: give 3 numbers (w_dense, w_sparse, w_colbert)")
+    weights = tuple(float(w) for w in weights)
+    if not all(np.isfinite(w) and w >= 0 for w in weights):
+        raise M3Error(f"weights={weights}: each weight must be a finite number >= 0")
+    if weights[0] + weights[1] <= 0:
+        raise M3Error(f"weights={weights}: w_dense + w_sparse must be > 0 (\"sparse+dense\" divides by it)")
+    return weights
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if not (_is_int(value) and value >= low):
+        raise M3Error(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_stride(mcls_stride) -> None:
+    if mcls_stride is not None and not (_is_int(mcls_stride) and mcls_stride >= 0):
+        raise M3Error(f"mcls_stride must be an integer >= 1 (or 0 or None for off), got {mcls_stride!r}")
+
+
+def _check_encodable(texts: list) -> None:
+    """Raise `M3Error` on the first text that is not valid Unicode (a lone surrogate such as
+    '\\ud800', which Python strings may hold but no tokenizer can read)."""
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise M3Error(f"texts[{i}] holds a lone surrogate (U+{ord(t[exc.start]):04X} at character "
+                          f"{exc.start}), which is not valid Unicode text") from None
 
 
 def _check_texts(texts) -> list:

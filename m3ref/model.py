@@ -26,7 +26,7 @@ from . import inference
 from .batching import split_batch_forward
 from .config import M3Config
 from .data import is_hub_id
-from .errors import M3Error
+from .errors import M3Error, first_line, writing
 from .losses import m3_objective
 
 HEAD_FILES = ("colbert_linear", "sparse_linear")
@@ -184,7 +184,8 @@ class M3Model(nn.Module):
         Head files are loaded safely (`weights_only=True`). A directory without
         `colbert_linear.pt` / `sparse_linear.pt` is an error unless `init_heads=True`, which
         starts the heads fresh (`config.colbert_dim` wide) on a plain encoder such as
-        `xlm-roberta-large`. Loaded heads keep their own width.
+        `xlm-roberta-large`. Loaded heads keep their own width. A missing, truncated or
+        unsafe file is an `M3Error` that names it.
         """
         from transformers import AutoModel, AutoTokenizer
         config = config or M3Config()
@@ -195,35 +196,139 @@ class M3Model(nn.Module):
             if not is_hub_id(path):
                 raise M3Error(f"no checkpoint directory at {path}")
             path = _download(path)
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise M3Error(f"{path} is not a model checkpoint: it has no config.json")
+        check_model_dir(path, heads=not init_heads)
         heads = {name: os.path.join(path, f"{name}.pt") for name in HEAD_FILES}
-        missing = [f"{name}.pt" for name, f in heads.items() if not os.path.isfile(f)]
-        if missing and not init_heads:
-            raise M3Error(f"{path} has no {' or '.join(missing)}, so it is not an M3 checkpoint; "
-                          f"pass init_heads=True to start fresh heads on this encoder")
-        states = {n: torch.load(f, map_location="cpu", weights_only=True) for n, f in heads.items() if os.path.isfile(f)}
+        states = {n: _head_state(f) for n, f in heads.items() if os.path.isfile(f)}
+        weights = next(f for f in WEIGHT_FILES if os.path.isfile(os.path.join(path, f)))
         try:
-            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
-        except TypeError:  # encoders without a pooler option
-            encoder = AutoModel.from_pretrained(path)
+            try:
+                encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            except TypeError:  # encoders without a pooler option
+                encoder = AutoModel.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001 - a bad encoder file becomes one line naming it
+            raise _load_error(os.path.join(path, weights), exc, "cannot load the encoder") from None
         if "colbert_linear" in states:
             width = states["colbert_linear"]["weight"].shape[0]
             config = config.replace(colbert_dim=-1 if width == encoder.config.hidden_size else width)
-        model = cls(encoder, AutoTokenizer.from_pretrained(path), config)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001
+            tok = next((f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(path, f))), "")
+            raise _load_error(os.path.join(path, tok), exc, "cannot load the tokenizer") from None
+        model = cls(encoder, tokenizer, config)
         for name, state in states.items():
-            getattr(model, name).load_state_dict(state)
+            try:
+                getattr(model, name).load_state_dict(state)
+            except RuntimeError as exc:
+                raise M3Error(f"{heads[name]}: does not fit this encoder ({_first_sentence(exc)})") from None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return model.to(device).float().eval()
 
     def save_pretrained(self, out_dir) -> None:
-        """Write the official layout: encoder files, tokenizer, colbert_linear.pt, sparse_linear.pt."""
-        os.makedirs(out_dir, exist_ok=True)
-        self.encoder.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
+        """Write the official layout: encoder files, tokenizer, colbert_linear.pt, sparse_linear.pt.
+        A failed write (a full disk, a read-only directory) is an `M3Error` naming the file."""
+        out_dir = os.fspath(out_dir)
+        with writing(out_dir):
+            os.makedirs(out_dir, exist_ok=True)
+        with writing(os.path.join(out_dir, "model.safetensors")):
+            self.encoder.save_pretrained(out_dir)
+        with writing(os.path.join(out_dir, "tokenizer.json")):
+            self.tokenizer.save_pretrained(out_dir)
         for name in HEAD_FILES:
             state = {k: v.detach().cpu().clone() for k, v in getattr(self, name).state_dict().items()}
-            torch.save(state, os.path.join(out_dir, f"{name}.pt"))
+            save_torch_file(state, os.path.join(out_dir, f"{name}.pt"))
+
+
+# Files of a checkpoint directory: encoder weights (one of them), tokenizer (one of them).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "vocab.txt", "vocab.json")
+
+
+def check_model_dir(path, heads: bool = True) -> None:
+    """Raise `M3Error` naming the first missing or unreadable file of a checkpoint directory:
+    config.json (valid JSON), the encoder weights (a safetensors header that covers the file),
+    a tokenizer file and, with `heads`, both head files. Reads headers only, not the weights."""
+    import json
+    path = os.fspath(path)
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        raise M3Error(f"{path} is not a model checkpoint: it has no config.json")
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise M3Error(f"{cfg}: not valid JSON ({_first_sentence(exc)}); the file is truncated or corrupt") from None
+    weights = [f for f in WEIGHT_FILES if os.path.isfile(os.path.join(path, f))]
+    if not weights:
+        raise M3Error(f"{path} has no encoder weights (model.safetensors or pytorch_model.bin)")
+    if weights[0] == "model.safetensors":
+        from safetensors import safe_open
+        file = os.path.join(path, weights[0])
+        try:
+            with safe_open(file, "pt") as f:  # checks that the header covers the whole file
+                f.keys()
+        except Exception as exc:  # noqa: BLE001
+            raise M3Error(f"{file}: cannot be read, the file is truncated or corrupt "
+                          f"({_first_sentence(exc)})") from None
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise M3Error(f"{path} has no tokenizer.json (nor another tokenizer file), so its tokenizer "
+                      f"cannot be loaded")
+    missing = [f"{name}.pt" for name in HEAD_FILES if not os.path.isfile(os.path.join(path, f"{name}.pt"))]
+    if missing and heads:
+        raise M3Error(f"{path} has no {' or '.join(missing)}, so it is not an M3 checkpoint; "
+                      f"pass init_heads=True to start fresh heads on this encoder")
+
+
+def load_torch_file(file, map_location="cpu"):
+    """`torch.load(file, weights_only=True)`; a missing, truncated or unsafe file is an
+    `M3Error` naming it (a pickle that asks for code is refused, never loaded)."""
+    file = os.fspath(file)
+    if not os.path.isfile(file):
+        raise M3Error(f"{file}: missing")
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise _load_error(file, exc, "cannot be read, the file is truncated or corrupt") from None
+
+
+def save_torch_file(obj, file) -> None:
+    """`torch.save` through a Python file, so that a full disk is an OSError with its errno;
+    a failed write is an `M3Error` naming the file."""
+    file = os.fspath(file)
+    with writing(file):
+        with open(file, "wb") as f:
+            torch.save(obj, f)
+
+
+def _head_state(file: str) -> dict:
+    state = load_torch_file(file)
+    if not (isinstance(state, dict) and isinstance(state.get("weight"), torch.Tensor)
+            and isinstance(state.get("bias"), torch.Tensor)):
+        raise M3Error(f"{file}: not a linear head's state dict (expected tensors 'weight' and 'bias')")
+    return state
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The first line of an error, cut at its first sentence (library messages go on with advice)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    line = first_line(exc)
+    return line.split(". ")[0].rstrip(".")
+
+
+def _load_error(file: str, exc: BaseException, what: str) -> M3Error:
+    """One line for a file that failed to load. A pickle refused by `weights_only=True` is
+    called unsafe; torch's advice to load it with weights_only=False is not repeated."""
+    import re
+    text = str(exc)
+    if "Weights only load failed" in text and re.search(r"GLOBAL|[Uu]nsupported", text):
+        asked = re.search(r"GLOBAL ([\w.]+)", text)
+        return M3Error(f"{file}: refused as unsafe: it holds pickled objects, not only tensors"
+                       + (f" (it asks for {asked.group(1)})" if asked else ""))
+    return M3Error(f"{file}: {what} ({_first_sentence(exc)})")
 
 
 def _download(hub_id: str) -> str:
