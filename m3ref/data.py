@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,14 +37,26 @@ def is_hub_id(name: str) -> bool:
 # --------------------------------------------------------------------------- reading JSON Lines
 
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, decoded line) of a text file, plain or gzip; strict UTF-8."""
+    """Yield (1-based line number, decoded line) of a text file, plain or gzip; strict UTF-8.
+    A truncated or corrupt .gz file is an `M3Error` naming the line where it breaks off."""
     opener = gzip.open if path.suffix == ".gz" else open
+    no = 0
     with opener(path, "rb") as f:
-        for no, raw in enumerate(f, 1):
+        lines = iter(f)
+        while True:
             try:
-                yield no, raw.decode("utf-8")
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                what = "ends early" if isinstance(exc, EOFError) else f"is corrupt ({exc})"
+                raise M3Error(f"{path}:{no + 1}: the gzip stream {what}; the file is truncated or damaged") from None
+            no += 1
+            try:
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise M3Error(f"{path}:{no}: not valid UTF-8 (byte {exc.start})") from None
+            yield no, line
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -57,7 +70,30 @@ def jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
             raise M3Error(f"{path}:{no}: malformed JSON ({exc.msg}, column {exc.colno})") from None
         if not isinstance(obj, dict):
             raise M3Error(f"{path}:{no}: expected a JSON object, got {type(obj).__name__}")
+        if _SURROGATE_ESCAPE.search(line):  # "\ud800" decodes to a str no tokenizer reads
+            bad = _lone_surrogate(obj)
+            if bad is not None:
+                raise M3Error(f"{path}:{no}: a lone surrogate (U+{ord(bad):04X}) is not valid Unicode text")
         yield no, obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(obj):
+    """The first lone surrogate character in the strings of a JSON value, or None."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return obj[exc.start]
+        return None
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    for v in values:
+        bad = _lone_surrogate(v)
+        if bad is not None:
+            return bad
+    return None
 
 
 # --------------------------------------------------------------------------- training data
@@ -93,6 +129,9 @@ def validate_example(ex: dict, where: str, required=REQUIRED) -> dict:
         if not isinstance(sc, list) or not all(
                 isinstance(s, (int, float)) and not isinstance(s, bool) for s in sc):
             raise M3Error(f"{where}: '{key}' must be a list of numbers")
+        for i, s in enumerate(sc):
+            if not math.isfinite(s):
+                raise M3Error(f"{where}: '{key}'[{i}] is {s}; teacher scores must be finite numbers")
         if len(sc) != len(ex.get(texts, [])):
             raise M3Error(f"{where}: '{key}' has {len(sc)} scores for {len(ex[texts])} '{texts}'")
         out[key] = [float(s) for s in sc]

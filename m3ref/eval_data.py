@@ -35,11 +35,12 @@ import json
 import os
 import re
 import unicodedata
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 from .data import jsonl_rows, text_lines
-from .errors import M3Error
+from .errors import M3Error, M3Warning
 
 DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[1] / "data_samples" / "eval"
 DEFAULT_SPLIT = {"miracl": "dev", "mldr": "test", "mkqa": "test"}
@@ -103,25 +104,31 @@ _HUB = {  # benchmark -> role -> (hub repository, path pattern inside it)
 }
 
 
-def _local_rows(root: Path, pattern: str, columns: tuple[str, ...] | None) -> Iterator[dict]:
-    """Rows of the local files matching `pattern` (sorted); ``.gz`` is optional on disk."""
+def _local_files(root: Path, pattern: str) -> list[Path]:
+    """The local files matching `pattern` (sorted); ``.gz`` is optional on disk."""
     files = sorted(root.glob(pattern)) or sorted(root.glob(pattern.removesuffix(".gz")))
     if not files:
         raise M3Error(f"{root / pattern}: not found")
+    return files
+
+
+def _local_rows(files: list[Path], columns: tuple[str, ...] | None) -> Iterator[tuple[str, dict]]:
+    """(``file:line``, row) for every row of `files`: JSON objects, or whitespace/tab-separated
+    `columns`."""
     for f in files:
         if columns is None:
-            yield from (obj for _, obj in jsonl_rows(f))
+            yield from ((f"{f}:{no}", obj) for no, obj in jsonl_rows(f))
             continue
         for no, line in text_lines(f):
             if line.strip():
                 parts = line.rstrip("\n").split("\t") if len(columns) == 2 else line.split()
                 if len(parts) != len(columns):
                     raise M3Error(f"{f}:{no}: expected {len(columns)} fields {columns}")
-                yield dict(zip(columns, parts))
+                yield f"{f}:{no}", dict(zip(columns, parts))
 
 
-def _hub_rows(repo: str, pattern: str, columns: tuple[str, ...] | None) -> Iterator[dict]:
-    """Rows of hub files through `datasets` (generic json/csv builders on ``hf://`` paths)."""
+def _hub_rows(repo: str, pattern: str, columns: tuple[str, ...] | None) -> Iterator[tuple[str, dict]]:
+    """(where, row) of hub files through `datasets` (generic json/csv builders on ``hf://`` paths)."""
     import datasets
 
     if repo == "Shitao/bge-m3-data":  # MKQA queries sit inside a zip: fetch it, read one member
@@ -132,15 +139,94 @@ def _hub_rows(repo: str, pattern: str, columns: tuple[str, ...] | None) -> Itera
         zpath = hf_hub_download(repo, Path(pattern).parent.name + ".zip", repo_type="dataset")
         with zipfile.ZipFile(zpath) as z:
             name = next(n for n in z.namelist() if fnmatch.fnmatch(Path(n).name, member))
-            yield from (json.loads(l) for l in z.read(name).decode("utf-8").splitlines() if l.strip())
+            for no, line in enumerate(z.read(name).decode("utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        yield f"{zpath}:{name}:{no}", json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise M3Error(f"{zpath}:{name}:{no}: malformed JSON ({exc.msg})") from None
         return
     files = f"{HUB_ROOT}/{repo}/{pattern}"
     if columns is None:
-        yield from datasets.load_dataset("json", data_files=files, split="train")
+        rows = datasets.load_dataset("json", data_files=files, split="train")
     else:  # TSV without header or quoting; every field a string
         features = datasets.Features({c: datasets.Value("string") for c in columns})
-        yield from datasets.load_dataset("csv", data_files=files, split="train", sep="\t", header=None,
-                                         column_names=list(columns), quoting=3, features=features)
+        rows = datasets.load_dataset("csv", data_files=files, split="train", sep="\t", header=None,
+                                     column_names=list(columns), quoting=3, features=features)
+    yield from ((f"{files} row {i}", row) for i, row in enumerate(rows, 1))
+
+
+def _text(row: dict, key: str, where: str, optional: bool = False) -> str:
+    """row[key] as a string; missing or not a string is an `M3Error` naming `where`."""
+    value = row.get(key)
+    if value is None and optional:
+        return ""
+    if value is None:
+        raise M3Error(f"{where}: '{key}' is missing")
+    if not isinstance(value, str):
+        raise M3Error(f"{where}: '{key}' is not a string (got {type(value).__name__})")
+    return value
+
+
+def _ident(row: dict, keys: tuple[str, ...], where: str) -> str:
+    """The first of `keys` present in `row`, as a string (ids may be numbers in JSON)."""
+    for key in keys:
+        if row.get(key) is not None:
+            if not isinstance(row[key], (str, int)) or isinstance(row[key], bool):
+                raise M3Error(f"{where}: '{key}' is not a string or an integer")
+            return str(row[key])
+    raise M3Error(f"{where}: '{keys[0]}' is missing")
+
+
+def _grade(row: dict, where: str) -> int:
+    try:
+        return int(row["rel"])
+    except ValueError:
+        raise M3Error(f"{where}: relevance {row['rel']!r} is not an integer") from None
+
+
+def _judge(qrels: dict, qid: str, docid: str, grade: int, where: str) -> None:
+    judged = qrels.setdefault(qid, {})
+    if judged.get(docid, grade) != grade:
+        raise M3Error(f"{where}: query {qid!r} judges document {docid!r} again, now {grade} "
+                      f"(was {judged[docid]})")
+    judged[docid] = grade
+
+
+def check_judgements(corpus: dict, queries: dict, qrels: dict, sources: dict) -> dict:
+    """Check that an evaluation set can be scored; returns the qrels of the queries it has.
+
+    Errors (each one line naming the file): no documents, no queries, no judged query (no
+    query id of the qrels is a query of the topics), no relevant document, or none of the
+    relevant documents in the corpus. Warnings (`M3Warning`, with the count and the file):
+    query ids of the qrels without a query (left out: trec_eval would count them as 0), and
+    relevant documents missing from the corpus (they count as not retrieved).
+    `sources`: {"corpus", "topics", "qrels"} -> the file (or pattern) each came from.
+    """
+    if not corpus:
+        raise M3Error(f"{sources['corpus']}: no documents")
+    if not queries:
+        raise M3Error(f"{sources['topics']}: no queries")
+    if not qrels:
+        raise M3Error(f"{sources['qrels']}: no judgements")
+    judged = {q: docs for q, docs in qrels.items() if q in queries}
+    if not judged:
+        raise M3Error(f"no judged query: none of the {len(qrels)} query ids in {sources['qrels']} "
+                      f"is a query of {sources['topics']}")
+    if len(judged) < len(qrels):
+        warnings.warn(f"{len(qrels) - len(judged)} of {len(qrels)} query ids in {sources['qrels']} have no "
+                      f"query in {sources['topics']}; they are left out", M3Warning, stacklevel=3)
+    relevant = [d for docs in judged.values() for d, g in docs.items() if g > 0]
+    if not relevant:
+        raise M3Error(f"{sources['qrels']}: no query has a relevant document")
+    missing = sum(d not in corpus for d in relevant)
+    if missing == len(relevant):
+        raise M3Error(f"none of the {len(relevant)} relevant documents in {sources['qrels']} is in the "
+                      f"corpus {sources['corpus']}")
+    if missing:
+        warnings.warn(f"{missing} of {len(relevant)} relevant documents in {sources['qrels']} are not in the "
+                      f"corpus {sources['corpus']}; they count as not retrieved", M3Warning, stacklevel=3)
+    return judged
 
 
 def load_eval(benchmark: str, lang: str, data_dir: str | os.PathLike | None = None,
@@ -166,37 +252,67 @@ def load_eval(benchmark: str, lang: str, data_dir: str | os.PathLike | None = No
         raise M3Error(f"{benchmark} on the hub has no language {lang!r}")
     root = Path(data_dir) if data_dir is not None and not hub else DEFAULT_EVAL_DIR
 
-    def rows(role: str, columns: tuple[str, ...] | None = None) -> Iterator[dict]:
+    sources = {}
+
+    def rows(role: str, columns: tuple[str, ...] | None = None) -> Iterator[tuple[str, dict]]:
         repo, pattern = _HUB[benchmark][role]
         pattern = pattern.format(lang=code, split=split)
-        return _hub_rows(repo, pattern, columns) if hub else _local_rows(root / benchmark, pattern, columns)
+        if hub:
+            sources[role] = f"{HUB_ROOT}/{repo}/{pattern}"
+            return _hub_rows(repo, pattern, columns)
+        files = _local_files(root / benchmark, pattern)
+        sources[role] = str(files[0]) if len(files) == 1 else str(root / benchmark / pattern)
+        return _local_rows(files, columns)
 
     corpus: dict[str, dict] = {}
-    for r in rows("corpus"):
-        docid = str(r.get("docid", r.get("_id")))
-        corpus[docid] = {"title": r.get("title") or "", "text": r["text"]}
+    for where, r in rows("corpus"):
+        docid = _ident(r, ("docid", "_id"), where)
+        if docid in corpus:
+            raise M3Error(f"{where}: duplicate docid {docid!r}; every document needs its own id")
+        corpus[docid] = {"title": _text(r, "title", where, optional=True), "text": _text(r, "text", where)}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
+
+    def add_query(qid: str, text: str, where: str) -> None:
+        if qid in queries:
+            raise M3Error(f"{where}: duplicate query id {qid!r}")
+        queries[qid] = text
+
     if benchmark == "miracl":
-        queries = {r["qid"]: r["query"] for r in rows("topics", ("qid", "query"))}
-        for r in rows("qrels", ("qid", "q0", "docid", "rel")):
-            qrels.setdefault(r["qid"], {})[r["docid"]] = int(r["rel"])
+        for where, r in rows("topics", ("qid", "query")):
+            add_query(r["qid"], r["query"], where)
+        for where, r in rows("qrels", ("qid", "q0", "docid", "rel")):
+            _judge(qrels, r["qid"], r["docid"], _grade(r, where), where)
     elif benchmark == "mldr":
-        for r in rows("topics"):
-            qid = str(r["query_id"])
-            queries[qid] = r["query"]
+        for where, r in rows("topics"):
+            qid = _ident(r, ("query_id",), where)
+            add_query(qid, _text(r, "query", where), where)
             judged = qrels.setdefault(qid, {})
-            judged.update({str(p["docid"]): 0 for p in r.get("negative_passages") or []})
-            judged.update({str(p["docid"]): 1 for p in r["positive_passages"]})
+            for key, grade in (("negative_passages", 0), ("positive_passages", 1)):
+                passages = r.get(key) or [] if key == "negative_passages" else r.get(key)
+                if not isinstance(passages, list):
+                    raise M3Error(f"{where}: '{key}' is missing" if passages is None else
+                                  f"{where}: '{key}' must be a list of {{\"docid\": ...}} objects")
+                for p in passages:
+                    if not isinstance(p, dict):
+                        raise M3Error(f"{where}: '{key}' must be a list of {{\"docid\": ...}} objects")
+                    judged[_ident(p, ("docid",), where)] = grade
+        sources["qrels"] = sources["topics"]
     else:
         answers = {}
-        for r in rows("topics"):
-            queries[str(r["id"])] = r["question"]
-            answers[str(r["id"])] = [a for a in r["answers"] if isinstance(a, str)]
+        for where, r in rows("topics"):
+            qid = _ident(r, ("id",), where)
+            add_query(qid, _text(r, "question", where), where)
+            if not isinstance(r.get("answers"), list):
+                raise M3Error(f"{where}: 'answers' must be a list of strings")
+            answers[qid] = [a for a in r["answers"] if isinstance(a, str)]
         judged = root / benchmark / "qrels" / f"qrels.mkqa-{code}-{split}.tsv"
         if not hub and judged.is_file():  # judged passages instead of answer matching
-            for r in _local_rows(judged.parent, judged.name, ("qid", "q0", "docid", "rel")):
-                qrels.setdefault(r["qid"], {})[r["docid"]] = int(r["rel"])
+            sources["qrels"] = str(judged)
+            for where, r in _local_rows([judged], ("qid", "q0", "docid", "rel")):
+                _judge(qrels, r["qid"], r["docid"], _grade(r, where), where)
         else:
+            sources["qrels"] = f"the answers of {sources['topics']}"
             qrels = answer_qrels(corpus, answers)
+    qrels = check_judgements(corpus, queries, qrels, sources)
     return corpus, queries, qrels

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import retrieval as R
-from .errors import M3Error, cli_errors
+from .errors import M3Error, cli_errors, os_error_message, writing
 from .eval_data import HUB_LANGS, load_eval
 from .metrics import bootstrap_ci, paired_test, per_query
 
@@ -61,6 +61,10 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
     """
     weights = {**R.HYBRID_WEIGHTS[benchmark], **(weights or {})}
     max_passage_length = max_passage_length or MAX_PASSAGE_LENGTH[benchmark]
+    if not corpus:
+        raise M3Error("the corpus is empty: no document to rank")
+    if not queries:
+        raise M3Error("no queries to search with")
     pids, qids = list(corpus), list(queries)
     texts = [passage_text(corpus[p]) for p in pids]
     colbert = any(m in ("multivec", "all") for m in methods)
@@ -108,6 +112,7 @@ def evaluate_model(model, benchmark: str, langs, methods, data_dir, weights=None
     `weights` overrides the hybrid weights, e.g. {"all": (0.15, 0.5, 0.35)}.
     """
     benchmark, langs, methods = check_args(benchmark, langs, methods, data_dir)
+    check_numbers(batch_size, max_query_length, max_passage_length, mcls_stride)
     metrics = METRICS[benchmark]
     per, cache = {m: {} for m in methods}, {}
     with tqdm(total=len(langs) * (1 + len(methods)), desc=benchmark, disable=not show_progress,
@@ -172,6 +177,45 @@ def check_args(benchmark, langs, methods, data_dir):
     if not langs or not methods:
         raise M3Error("give at least one language and one method")
     return benchmark, langs, methods
+
+
+def check_numbers(batch_size=32, max_query_length=512, max_passage_length=None, mcls_stride=None) -> None:
+    """The integer options of an evaluation, checked before any model or data is loaded."""
+    for flag, value, low, optional in (("--batch-size", batch_size, 1, False),
+                                       ("--max-query-length", max_query_length, 2, False),
+                                       ("--max-passage-length", max_passage_length, 2, True),
+                                       ("--mcls-stride", mcls_stride, 0, True)):
+        if value is None and optional:
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+            hint = " (0 or left out: MCLS off)" if flag == "--mcls-stride" else ""
+            raise M3Error(f"{flag} must be an integer >= {max(low, 1)}{hint}, got {value!r}")
+
+
+def check_writable(path: str, flag: str = "--json") -> None:
+    """Fail now, not after a long evaluation, when `path` cannot be written."""
+    probe = f"{path}.tmp"
+    try:
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise M3Error(f"cannot write {flag} {path}: {os_error_message(OSError(exc.errno, exc.strerror))}") from None
+
+
+def read_result(path: str) -> dict:
+    """A saved evaluation (`--json`), checked enough to compare."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise M3Error(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise M3Error(f"{path}: not a UTF-8 JSON file") from None
+    keys = ("benchmark", "langs", "methods", "metrics", "per_query")
+    if not isinstance(result, dict) or any(k not in result for k in keys):
+        raise M3Error(f"{path}: not a saved evaluation (python -m m3ref.evaluate ... --json {path})")
+    return result
 
 
 def available_langs(benchmark: str, data_dir, alias: bool = True) -> list[str]:
@@ -260,7 +304,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     with cli_errors():
         if args.compare:
-            a, b = (json.loads(open(f, encoding="utf-8").read()) for f in args.compare)
+            a, b = (read_result(f) for f in args.compare)
             print(compare(a, b))
             return
         missing = [f"--{k}" for k in ("model", "data", "benchmark", "langs") if getattr(args, k) is None]
@@ -270,7 +314,10 @@ def main(argv=None):
         if args.langs == "all":
             langs = available_langs(args.benchmark, args.data, alias=False)
         check_args(args.benchmark, langs, args.methods.split(","), args.data)
+        check_numbers(args.batch_size, args.max_query_length, args.max_passage_length, args.mcls_stride)
         weights = parse_weights(args.weights)
+        if args.json:
+            check_writable(args.json)
         from .model import M3Model
         model = M3Model.from_pretrained(args.model)
         result = evaluate_model(model, args.benchmark, langs, args.methods.split(","), args.data,
@@ -279,9 +326,10 @@ def main(argv=None):
         print(format_table(result))
         if args.json:
             tmp = f"{args.json}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({**result, "model": args.model, "weights": weights}, f, indent=1)
-            os.replace(tmp, args.json)
+            with writing(args.json):
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump({**result, "model": args.model, "weights": weights}, f, indent=1)
+                os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":
