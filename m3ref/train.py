@@ -20,7 +20,10 @@ Per optimizer step rank 0 appends one JSON line to OUTPUT_DIR/train_log.jsonl. C
 (OUTPUT_DIR/checkpoint-N, OUTPUT_DIR/final) are in the official BGE-M3 layout plus the
 optimizer state, sampler position, step (the lr schedule is a function of it) and RNG
 states, written to a temporary directory and renamed, so an interrupted write never
-replaces the last good checkpoint.
+replaces the last good checkpoint; OUTPUT_DIR/init (`model: null`) is written the same way.
+`--resume` continues from the newest checkpoint that loads (a damaged newer one is passed
+over with a warning naming the file), `--resume auto` also starts a new run when there is
+none (README, "When things go wrong").
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import pyarrow.compute as pc
@@ -44,13 +48,14 @@ from .batching import BucketSampler, batch_size_for, enable_checkpointing, make_
 from .config import TrainConfig, load_config
 from .data import load_train_data, sample_group, write_jsonl_atomic
 from .distributed import DistEnv, average_gradients, barrier, broadcast_parameters, cleanup, mean_across_ranks, setup
-from .errors import M3Error, cli_errors
-from .model import M3Model
+from .errors import M3Error, M3Warning, cli_errors, first_line, os_error_message, writing
+from .model import M3Model, check_model_dir, load_torch_file, save_torch_file
 from .retromae import RetroMAEDecoder, retromae_loss
 
 LOSS_KEYS = ("L_final", "L", "L_dense", "L_lex", "L_mul", "L_inter", "L_prime",
              "L_prime_dense", "L_prime_lex", "L_prime_mul", "L_enc", "L_dec")
 STAGES = ("retromae", "dense", "unified")
+RESUME_MODES = ("latest", "auto")  # --resume without a directory
 DECODER_FILE = "retromae_decoder.pt"  # in the checkpoints of a run with a RetroMAE stage, not in final/
 
 
@@ -64,15 +69,41 @@ def stage_at(step: int, cfg: TrainConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def _read_state(ckpt: Path) -> dict:
+    """`ckpt/trainer_state.json`, checked; a missing or damaged file is an `M3Error` naming it."""
+    f = ckpt / "trainer_state.json"
+    if not f.is_file():
+        raise M3Error(f"{f}: missing")
+    try:
+        state = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise M3Error(f"{f}: not valid JSON ({getattr(exc, 'msg', exc)}); the file is damaged") from None
+    if not isinstance(state, dict) or not all(k in state for k in ("step", "stage", "sampler", "world_size")):
+        raise M3Error(f"{f}: not a trainer state (needs step, stage, sampler, world_size)")
+    return state
+
+
+def checkpoints(output_dir) -> list:
+    """The checkpoints (`checkpoint-N`, `final`) with a trainer_state.json, newest first:
+    [(step, path)]; at the same step `checkpoint-N` comes before `final`. A checkpoint-N whose
+    state cannot be read keeps its place (step N), so that a resume reports it; an unreadable
+    `final` comes last."""
+    found = []
+    for d in Path(output_dir).glob("*"):
+        named = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if (named or d.name == "final") and (d / "trainer_state.json").is_file():
+            try:
+                step = _read_state(d)["step"]
+            except M3Error:
+                step = int(named.group(1)) if named else -1
+            found.append((step, d.name != "final", d))
+    return [(step, d) for step, _, d in sorted(found, key=lambda x: (x[0], x[1]), reverse=True)]
+
+
 def latest_checkpoint(output_dir) -> Optional[Path]:
     """The complete checkpoint with the highest step (`checkpoint-N` or `final`), or None."""
-    best, best_step = None, -1
-    for d in Path(output_dir).glob("*"):
-        if (re.fullmatch(r"checkpoint-\d+", d.name) or d.name == "final") and (d / "trainer_state.json").is_file():
-            step = json.loads((d / "trainer_state.json").read_text())["step"]
-            if step > best_step or (step == best_step and d.name != "final"):
-                best, best_step = d, step
-    return best
+    found = checkpoints(output_dir)
+    return found[0][1] if found else None
 
 
 def save_checkpoint(path: Path, model: M3Model, trainer: dict, optim: dict, env: DistEnv,
@@ -81,42 +112,167 @@ def save_checkpoint(path: Path, model: M3Model, trainer: dict, optim: dict, env:
 
     `trainer` (JSON: step, stage, sampler, ...), `optim` (optimizer/grad-scaler state dicts)
     and `extra` ({file name: state dict}, e.g. the RetroMAE decoder) come from rank 0; every
-    rank adds its own RNG state.
+    rank adds its own RNG state. A failed write (a full disk) is an `M3Error` naming the file;
+    the last checkpoint stays as it was.
     """
     tmp = path.with_name(f".tmp-{path.name}")
     if env.master:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)  # official layout: encoder, tokenizer, colbert/sparse heads
-        torch.save(optim, tmp / "optimizer.pt")
+        save_torch_file(optim, tmp / "optimizer.pt")
         for name, state in (extra or {}).items():
-            torch.save(state, tmp / name)
+            save_torch_file(state, tmp / name)
     barrier(env)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    tmp.mkdir(parents=True, exist_ok=True)  # (multi-node: OUTPUT_DIR should be a shared file system)
-    torch.save(rng, tmp / f"rng_state_{env.rank}.pt")
+    with writing(tmp):
+        tmp.mkdir(parents=True, exist_ok=True)  # (multi-node: OUTPUT_DIR should be a shared file system)
+    save_torch_file(rng, tmp / f"rng_state_{env.rank}.pt")
     barrier(env)
     if env.master:
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer, indent=1))
+        with writing(tmp / "trainer_state.json"):
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer, indent=1))
         old = path.with_name(f".old-{path.name}")
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)  # the only step that makes the checkpoint visible
+        with writing(path):
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)  # the only step that makes the checkpoint visible
         shutil.rmtree(old, ignore_errors=True)
     barrier(env)
 
 
-def _rng_restore(ckpt: Path, env: DistEnv) -> None:
-    f = ckpt / f"rng_state_{env.rank}.pt"
-    if not f.is_file():
-        warnings.warn(f"{f} missing: RNG not restored")
+def _rng_restore(rng: Optional[dict]) -> None:
+    if rng is None:
         return
-    rng = torch.load(f, weights_only=True)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
+
+
+def _open_checkpoint(ckpt: Path, cfg: TrainConfig, env: DistEnv) -> dict:
+    """Everything a resume reads from `ckpt`, loaded and checked on this rank (no collective
+    call): the trainer state, the model, the optimizer state, this rank's RNG state and the
+    RetroMAE decoder. The first missing, truncated or damaged file is an `M3Error` naming it."""
+    state = _read_state(ckpt)
+    model = M3Model.from_pretrained(ckpt, config=cfg.m3, device=env.device)
+    optim = load_torch_file(ckpt / "optimizer.pt", map_location=env.device)
+    if not (isinstance(optim, dict) and "optimizer" in optim):
+        raise M3Error(f"{ckpt / 'optimizer.pt'}: not an optimizer state")
+    rng_file = ckpt / f"rng_state_{env.rank}.pt"
+    rng = None
+    if rng_file.is_file():
+        rng = load_torch_file(rng_file)
+        if not (isinstance(rng, dict) and "torch" in rng and "python" in rng):
+            raise M3Error(f"{rng_file}: not an RNG state")
+    elif state.get("world_size") == env.world_size:
+        warnings.warn(f"{rng_file} missing: RNG not restored", M3Warning)
+    decoder = None
+    if cfg.retromae_steps > 0 and (ckpt / DECODER_FILE).is_file():
+        decoder = load_torch_file(ckpt / DECODER_FILE, map_location=env.device)
+    return {"path": ckpt, "state": state, "model": model, "optim": optim, "rng": rng, "decoder": decoder}
+
+
+def _all_ranks(ok: bool, env: DistEnv) -> bool:
+    """True when `ok` holds on every rank."""
+    return ok if env.world_size == 1 else mean_across_ranks([float(ok)], env.device)[0] == 1.0
+
+
+def _resume_point(out: Path, resume: str, cfg: TrainConfig, env: DistEnv) -> Optional[dict]:
+    """The checkpoint a resume continues from, opened (`_open_checkpoint`), or None.
+
+    `resume`: "latest" (the newest usable checkpoint of OUTPUT_DIR; an error if there is
+    none), "auto" (the same, or None for a new run when OUTPUT_DIR has no checkpoint) or a
+    checkpoint directory (an error if it cannot be used). A newest checkpoint that cannot be
+    used (a file missing, truncated or damaged) is passed over with a warning that names the
+    file, for the one before it; every rank must be able to use the one chosen.
+    """
+    if resume not in RESUME_MODES:
+        opened = _open_checkpoint(Path(resume), cfg, env) if Path(resume).is_dir() else None
+        if opened is None:
+            raise M3Error(f"--resume {resume}: no checkpoint directory there")
+        return opened
+    found = checkpoints(out)
+    if not found:
+        if resume == "auto":
+            return None
+        raise M3Error(f"no checkpoint to resume from in {out} (--resume auto starts a new run when there is none)")
+    problems = []
+    for _, ckpt in found:
+        try:
+            opened, problem = _open_checkpoint(ckpt, cfg, env), None
+        except M3Error as exc:
+            opened, problem = None, str(exc)
+        if _all_ranks(opened is not None, env):
+            if problems and env.master:
+                warnings.warn(f"resuming from {ckpt}: the newer {'; '.join(problems)}", M3Warning)
+            return opened
+        problems.append(f"{ckpt.name} cannot be used ({problem or 'not on every rank'})")
+    raise M3Error(f"no usable checkpoint in {out}: {'; '.join(problems)}")
+
+
+def _tidy(out: Path) -> None:
+    """Clean up after a run killed while writing (rank 0, before anything is read)."""
+    for d in out.glob(".old-*"):  # killed between the two renames: the old copy is the good one
+        if (out / d.name[5:]).exists():
+            shutil.rmtree(d)
+        else:
+            d.rename(out / d.name[5:])
+    for d in out.glob(".tmp-*"):  # a checkpoint or OUTPUT_DIR/init half written
+        shutil.rmtree(d) if d.is_dir() else d.unlink()
+    for f in out.glob(".*.tmp"):  # train_log.jsonl / train_config.json half rewritten
+        f.unlink()
+
+
+def _init_model(out: Path, cfg: TrainConfig, env: DistEnv) -> Path:
+    """OUTPUT_DIR/init, m3ref's untrained tiny model (`model: null`), built once on rank 0 under
+    a temporary name and renamed, so a kill or a full disk never leaves half a model there. An
+    incomplete init/ (left by an older version) is built again."""
+    path = out / "init"
+    if env.master:
+        try:
+            check_model_dir(path)
+            problem = None
+        except M3Error as exc:
+            problem = str(exc)
+        if problem is not None:
+            from .tiny import build_tiny_model
+            if path.exists():
+                warnings.warn(f"{path} is incomplete ({problem}); building it again", M3Warning)
+                shutil.rmtree(path)
+            tmp = out / ".tmp-init"
+            shutil.rmtree(tmp, ignore_errors=True)
+            with writing(tmp):
+                build_tiny_model(str(tmp), seed=cfg.seed)
+            with writing(path):
+                tmp.rename(path)
+    barrier(env)
+    return path
+
+
+def _read_log(log_path: Path, upto: int) -> list:
+    """The records of train_log.jsonl up to step `upto`. A torn last line (a run killed or out
+    of disk space while appending it) is dropped with a warning; a damaged line before the
+    last is an `M3Error` naming it."""
+    if not log_path.exists():
+        return []
+    lines = [(no, raw) for no, raw in enumerate(log_path.read_bytes().split(b"\n"), 1) if raw.strip()]
+    rows = []
+    for i, (no, raw) in enumerate(lines):
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
+                raise ValueError("not a log record")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if i == len(lines) - 1:
+                warnings.warn(f"{log_path}:{no}: the last line is torn (an interrupted write); dropped", M3Warning)
+                break
+            raise M3Error(f"{log_path}:{no}: not a log record ({getattr(exc, 'msg', exc)}); "
+                          f"the log is damaged: remove that line to resume") from None
+        if row["step"] <= upto:
+            rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------- one batch
@@ -145,19 +301,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warmup))
 
 
-def _load_model(cfg: TrainConfig, resume: Optional[Path], env: DistEnv) -> M3Model:
+def _load_model(cfg: TrainConfig, out: Path, opened: Optional[dict], env: DistEnv) -> M3Model:
+    """The model a run starts from: the resumed checkpoint's (`opened`), `cfg.model` with fresh
+    heads where it has none, or m3ref's tiny model built into OUTPUT_DIR/init (`model: null`)."""
     torch.manual_seed(cfg.seed)  # fresh heads: same on every rank (and broadcast below)
-    if resume is not None:
-        path = resume
-    elif cfg.model is None:  # build the tiny model once, on rank 0
-        path = Path(cfg.output_dir) / "init"
-        if env.master and not (path / "config.json").is_file():
-            from .tiny import build_tiny_model
-            build_tiny_model(str(path), seed=cfg.seed)
-        barrier(env)
+    if opened is not None:
+        model, source = opened["model"], opened["path"]
     else:
-        path = cfg.model
-    model = M3Model.from_pretrained(path, init_heads=resume is None, config=cfg.m3, device=env.device)
+        source = _init_model(out, cfg, env) if cfg.model is None else cfg.model
+        model = M3Model.from_pretrained(source, init_heads=True, config=cfg.m3, device=env.device)
+    for name in ("query_max_len", "passage_max_len"):
+        if getattr(cfg, name) > model.max_length:
+            raise M3Error(f"config: {name}={getattr(cfg, name)}: above the {model.max_length} positions "
+                          f"of the model {source}")
     broadcast_parameters(model, env)
     torch.manual_seed(cfg.seed + env.rank)  # nanoGPT's seed_offset: different dropout masks per rank
     if cfg.gradient_checkpointing in (True, "layer"):
@@ -197,7 +353,12 @@ def _stage_data(cfg: TrainConfig) -> dict:
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None) -> Path:
-    """Run training; returns OUTPUT_DIR/final. `resume`: a checkpoint dir or "latest"."""
+    """Run training; returns OUTPUT_DIR/final.
+
+    `resume`: None (a new run), "latest" (the newest usable checkpoint of OUTPUT_DIR),
+    "auto" (the same, or a new run when there is no checkpoint; a run whose `final` is done
+    returns it at once) or a checkpoint directory.
+    """
     cfg.check()
     env = setup(cfg.dist_timeout_s)
     try:
@@ -206,32 +367,67 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> Path:
         cleanup()
 
 
+def _schedule_note(state: dict, cfg: TrainConfig, ckpt: Path) -> Optional[str]:
+    """A warning when a resume changes the learning-rate schedule (max_steps, lr, warmup_ratio)."""
+    saved = state.get("config") or {}
+    changed = [k for k in ("max_steps", "lr", "warmup_ratio") if k in saved and saved[k] != getattr(cfg, k)]
+    if not changed:
+        return None
+    step = state["step"]
+    try:
+        was = lr_at(step, SimpleNamespace(**{k: saved.get(k, getattr(cfg, k)) for k in ("max_steps", "lr", "warmup_ratio")}))
+    except TypeError:  # a damaged saved config
+        was = float("nan")
+    diff = ", ".join(f"{k}={saved[k]} -> {getattr(cfg, k)}" for k in changed)
+    return (f"resuming {ckpt} at step {step} with {diff}: the learning-rate schedule is recomputed for the new "
+            f"values (lr at step {step + 1}: {lr_at(step, cfg):.3g}, the old schedule's {was:.3g}); the steps "
+            f"already taken keep the lr they had")
+
+
 def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     out = Path(cfg.output_dir)
     stage_data = _stage_data(cfg)
-    if env.master and out.is_dir():  # tidy up after a run killed while writing a checkpoint
-        for d in out.glob(".old-*"):  # killed between the two renames: the old copy is the good one
-            if (out / d.name[5:]).exists():
-                shutil.rmtree(d)
-            else:
-                d.rename(out / d.name[5:])
-        for d in out.glob(".tmp-*"):
-            shutil.rmtree(d)
+    if env.master:
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            _tidy(out)
+        probe = out / f".tmp-probe-{os.getpid()}"  # fail now, not at the first checkpoint
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise M3Error(f"cannot write in the output directory {out}: "
+                          f"{os_error_message(OSError(exc.errno, exc.strerror))}") from None
     barrier(env)
-    ckpt = None
-    if resume:
-        ckpt = latest_checkpoint(out) if resume == "latest" else Path(resume)
-        if ckpt is None or not (ckpt / "trainer_state.json").is_file():
-            raise M3Error(f"no checkpoint to resume from in {out if resume == 'latest' else resume}")
-    model = _load_model(cfg, ckpt, env)
+    opened = _resume_point(out, resume, cfg, env) if resume else None
+    ckpt = opened["path"] if opened is not None else None
+    if opened is not None:
+        state = opened["state"]
+        if state["world_size"] != env.world_size:
+            raise M3Error(f"{ckpt} was written by {state['world_size']} ranks; resume with the same number "
+                          f"(now {env.world_size})")
+        if state["step"] >= cfg.max_steps:
+            if resume == "auto" and ckpt.name == "final":
+                if env.master:
+                    print(f"{ckpt} is at step {state['step']} of max_steps={cfg.max_steps}: nothing to do",
+                          file=sys.stderr)
+                return ckpt
+            raise M3Error(f"{ckpt} is at step {state['step']}, max_steps is {cfg.max_steps}: nothing to do")
+        note = _schedule_note(state, cfg, ckpt)
+        if note and env.master:
+            warnings.warn(note, M3Warning)
+    model = _load_model(cfg, out, opened, env)
     buckets = {s: make_buckets(d, model.tokenizer, cfg.length_edges) for s, d in stage_data.items()}
 
     decoder = None
     if cfg.retromae_steps > 0:  # its decoder is trained in stage 0 only, and never saved in final/
         torch.manual_seed(cfg.seed)
         decoder = RetroMAEDecoder(model.encoder).to(env.device).train()
-        if ckpt is not None and (ckpt / DECODER_FILE).is_file():
-            decoder.load_state_dict(torch.load(ckpt / DECODER_FILE, map_location=env.device, weights_only=True))
+        if opened is not None and opened["decoder"] is not None:
+            try:
+                decoder.load_state_dict(opened["decoder"])
+            except RuntimeError as exc:
+                raise M3Error(f"{ckpt / DECODER_FILE}: does not fit this model ({first_line(exc)})") from None
         broadcast_parameters(decoder, env)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(decoder.parameters()) if decoder is not None else []
@@ -247,25 +443,25 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     step, stage, sampler, sampler_state = 0, None, None, None
-    if ckpt is not None:
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        if state["world_size"] != env.world_size:
-            raise M3Error(f"{ckpt} was written by {state['world_size']} ranks; resume with the same number "
-                          f"(now {env.world_size})")
-        optim = torch.load(ckpt / "optimizer.pt", map_location=env.device, weights_only=True)
-        optimizer.load_state_dict(optim["optimizer"])
-        if scaler is not None and optim.get("scaler"):
-            scaler.load_state_dict(optim["scaler"])
+    if opened is not None:
+        optim = opened["optim"]
+        try:
+            optimizer.load_state_dict(optim["optimizer"])
+            if scaler is not None and optim.get("scaler"):
+                scaler.load_state_dict(optim["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise M3Error(f"{ckpt / 'optimizer.pt'}: does not fit this run's parameters ({first_line(exc)}); "
+                          f"was the config changed?") from None
         step, sampler_state = state["step"], {state["stage"]: state["sampler"]}
-        if step >= cfg.max_steps:
-            raise M3Error(f"{ckpt} is at step {step}, max_steps is {cfg.max_steps}: nothing to do")
-        _rng_restore(ckpt, env)
+        _rng_restore(opened["rng"])
+        opened = None  # the loaded copies are in use now
     log_path = out / "train_log.jsonl"
     if env.master:
-        out.mkdir(parents=True, exist_ok=True)
-        kept = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.exists() else []
-        write_jsonl_atomic(log_path, [r for r in kept if ckpt is not None and r["step"] <= step])  # drop lost steps
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        kept = _read_log(log_path, step) if ckpt is not None else []  # drop lost steps, a torn line
+        with writing(log_path):
+            write_jsonl_atomic(log_path, kept)
+        with writing(out / "train_config.json"):
+            _write_text_atomic(out / "train_config.json", json.dumps(cfg.to_dict(), indent=1))
     from tqdm.auto import tqdm
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not env.master, desc="train", dynamic_ncols=True)
     writer = _tensorboard(out) if cfg.tensorboard and env.master else None
@@ -275,11 +471,16 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         raise M3Error(f"step {step + 1}: {what}; stopped. Last good checkpoint: {last_good or 'none'}")
 
     def checkpoint(path: Path) -> None:
+        nonlocal last_good
         trainer = {"step": step, "stage": stage, "sampler": sampler.state_dict(), "world_size": env.world_size,
                    "lr": lr_at(step, cfg), "config": cfg.to_dict()}  # the schedule is lr_at(step)
         optim = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
         extra = {DECODER_FILE: decoder.state_dict()} if decoder is not None and path.name != "final" else None
-        save_checkpoint(path, model, trainer, optim, env, extra)
+        try:
+            save_checkpoint(path, model, trainer, optim, env, extra)
+        except M3Error as exc:
+            raise M3Error(f"step {step}: {exc}; stopped. Last good checkpoint: {last_good or 'none'}") from None
+        last_good = path
 
     try:
         while step < cfg.max_steps:
@@ -337,22 +538,30 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
                 record = {"step": step, "stage": stage, "epoch": batch.epoch, "lr": lr,
                           **{k: values.get(k) for k in LOSS_KEYS}, "grad_norm": float(norm),
                           "queries": n_queries, "time_s": round(time.time() - t0, 4)}
-                with open(log_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                try:
+                    with writing(log_path), open(log_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                except M3Error as exc:
+                    raise M3Error(f"step {step}: {exc}; stopped. Last good checkpoint: {last_good or 'none'}") from None
                 for k, v in record.items():
                     if writer is not None and isinstance(v, float):
                         writer.add_scalar(k, v, step)
                 bar.set_postfix(stage=stage, L_final=f"{values['L_final']:.4f}")
                 bar.update(1)
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                last_good = out / f"checkpoint-{step}"
-                checkpoint(last_good)
+                checkpoint(out / f"checkpoint-{step}")
         checkpoint(out / "final")
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     return out / "final"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _retromae_step(model: M3Model, decoder: RetroMAEDecoder, texts: list, cfg: TrainConfig, step: int,
@@ -383,8 +592,10 @@ def main(argv=None) -> None:
     ap.add_argument("--output-dir")
     ap.add_argument("--max-steps", type=int)
     ap.add_argument("--save-every", type=int)
-    ap.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT_DIR",
-                    help="resume from a checkpoint (default: the latest in the output dir)")
+    ap.add_argument("--resume", nargs="?", const="latest", metavar="latest|auto|CHECKPOINT_DIR",
+                    help="resume from the newest usable checkpoint of the output dir (latest, the default), "
+                         "from it if there is one and else start a new run (auto: for requeue scripts), "
+                         "or from a checkpoint directory")
     args = ap.parse_args(argv)
     with cli_errors():
         if not os.path.isfile(args.config):

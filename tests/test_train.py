@@ -120,7 +120,8 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(toy_data, tiny_dir,
     monkeypatch.setattr(M3Model, "save_pretrained", dies_during_second_save)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(toy_data, tiny_dir, tmp_path, save_every=1, dense_steps=0, model=None, seed=5))
-    assert built == [(str(tmp_path / "init"), 5)]
+    assert built == [(str(tmp_path / ".tmp-init"), 5)]  # written under a temporary name, then renamed
+    assert (tmp_path / "init" / "config.json").is_file()
     assert (tmp_path / ".tmp-checkpoint-2").is_dir() and not (tmp_path / "checkpoint-2").exists()
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
     model = M3Model.from_pretrained(tmp_path / "checkpoint-1", device="cpu")
