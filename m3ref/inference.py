@@ -39,14 +39,8 @@ def tokenize(model, texts: Sequence[str], max_length: int, mcls_stride: Optional
     (MCLS, paper App. B.2). The inserted tokens count towards `max_length`.
     """
     texts = _check_texts(texts)
-    if not _is_int(max_length) or max_length > model.max_length or max_length < 2:
-        raise M3Error(f"max_length={max_length!r} is outside 2..{model.max_length} (this model's position table)")
-    _check_stride(mcls_stride)
-    try:
-        ids = _content_ids(model.tokenizer, texts) if texts else []
-    except Exception:  # noqa: BLE001 - the tokenizer's TypeError does not say which text
-        _check_encodable(texts)
-        raise
+    _check_lengths(model, max_length, mcls_stride)
+    ids = _content_ids(model.tokenizer, texts) if texts else []
     cls, eos = model.tokenizer.cls_token_id, model.eos_id
     out, cut = [], 0
     for content in ids:
@@ -73,9 +67,13 @@ def _content_ids(tokenizer, texts: list) -> list:
     the same ids as `tokenizer(texts)` without computing character offsets (a quarter faster);
     it is used only when the tokenizer file sets no truncation or padding of its own."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if hasattr(backend, "encode_batch_fast") and backend.truncation is None and backend.padding is None:
-        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    try:
+        if hasattr(backend, "encode_batch_fast") and backend.truncation is None and backend.padding is None:
+            return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    except Exception:  # noqa: BLE001 - the tokenizer's TypeError does not say which text
+        _check_encodable(texts)
+        raise
 
 
 def collate(model, seqs: Sequence[list], mcls: bool = False) -> dict:
@@ -260,6 +258,12 @@ def _is_int(v) -> bool:
 def _check_int(name: str, value, low: int) -> None:
     if not (_is_int(value) and value >= low):
         raise M3Error(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_lengths(model, max_length, mcls_stride) -> None:
+    if not _is_int(max_length) or max_length > model.max_length or max_length < 2:
+        raise M3Error(f"max_length={max_length!r} is outside 2..{model.max_length} (this model's position table)")
+    _check_stride(mcls_stride)
 
 
 def _check_stride(mcls_stride) -> None:
