@@ -220,7 +220,11 @@ def load_train_data(path_or_name: str | os.PathLike, split: str = "train") -> di
         raise M3Error(f"{name}: no such file or directory")
     import datasets
 
-    ds = datasets.load_dataset(name, split=split)
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repository, no such split, ...
+        line = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+        raise M3Error(f"{name}: cannot load this dataset from the hub ({line})") from None
     for i, row in enumerate(ds, 1):
         validate_example({k: v for k, v in row.items() if v is not None}, f"{name}[{split}]:{i}")
     return {name.split("/")[-1]: ds}

@@ -326,10 +326,15 @@ def main(argv=None):
         print(format_table(result))
         if args.json:
             tmp = f"{args.json}.tmp"
-            with writing(args.json):
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump({**result, "model": args.model, "weights": weights}, f, indent=1)
-                os.replace(tmp, args.json)
+            try:
+                with writing(args.json):
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        json.dump({**result, "model": args.model, "weights": weights}, f, indent=1)
+                    os.replace(tmp, args.json)
+            except M3Error:  # the table is printed; leave no half-written file behind
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise
 
 
 if __name__ == "__main__":

@@ -240,6 +240,8 @@ def check_weights(weights) -> tuple:
     """(w_dense, w_sparse, w_colbert) as floats: finite, >= 0, and each weighted average
     ("sparse+dense" divides by w_dense + w_sparse, "colbert+sparse+dense" by all three) has a
     positive divisor, so no score comes back as nan or inf."""
+    if isinstance(weights, np.ndarray) and weights.ndim == 1:
+        weights = weights.tolist()
     if isinstance(weights, (str, bytes)) or not isinstance(weights, (tuple, list)) or len(weights) != 3 or not all(
             isinstance(w, (int, float, np.integer, np.floating)) and not isinstance(w, bool) for w in weights):
         raise M3Error(f"weights={weights!r}: give 3 numbers (w_dense, w_sparse, w_colbert)")

@@ -205,6 +205,14 @@ def test_a_truncated_gzip_file_names_file_and_line(tmp_path):
             read(path)
 
 
+def test_a_hub_dataset_that_cannot_be_loaded_is_one_line(monkeypatch):
+    from m3ref.data import load_train_data
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(M3Error, match=r"^nobody/no-such-data: cannot load this dataset from the hub \(") as err:
+        load_train_data("nobody/no-such-data")
+    one_line(str(err.value))
+
+
 # =========================================================================== the evaluator's CLI
 
 TEXTS = [f"{w} river {i} mountain story" for i, w in enumerate(
