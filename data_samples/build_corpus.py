@@ -171,12 +171,16 @@ def format_description(lines: list[str]) -> str:
 
 # --------------------------------------------------------------------------- apt
 
-def run_apt(cache: Path, args: list[str], cwd: Path | None = None) -> None:
-    env = dict(os.environ, APT_CONFIG=str(cache / "apt.conf"), LC_ALL="C")
-    proc = subprocess.run(["apt-get", "-q", *args], cwd=cwd, env=env, capture_output=True, text=True)
+def run_tool(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> None:
+    """Run apt-get or dpkg-deb; a failure becomes a one-line M3Error with the tool's last words."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-        raise M3Error(f"apt-get {args[0]} failed (status {proc.returncode}): {tail[0]}")
+        raise M3Error(f"{' '.join(cmd[:2])} failed (status {proc.returncode}): {tail[0]}")
+
+
+def run_apt(cache: Path, args: list[str], cwd: Path | None = None) -> None:
+    run_tool(["apt-get", "-q", *args], cwd, dict(os.environ, APT_CONFIG=str(cache / "apt.conf"), LC_ALL="C"))
 
 
 def write_apt_config(cache: Path, mirror: str, keyring: str) -> None:
@@ -219,11 +223,11 @@ def fetch(cache: Path, mirror: str, keyring: str) -> None:
     for d in ("debs", "man"):
         shutil.rmtree(cache / d, ignore_errors=True)
     (cache / "debs").mkdir()
+    (cache / "man").mkdir()
     packages = sorted(p for _, pkgs in MAN_PACKAGES.values() for p in pkgs)
     run_apt(cache, ["download", *packages], cwd=cache / "debs")
     for deb in sorted((cache / "debs").glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(cache / "man" / deb.name.split("_")[0])],
-                       check=True)
+        run_tool(["dpkg-deb", "-x", str(deb), str(cache / "man" / deb.name.split("_")[0])])
 
 
 # --------------------------------------------------------------------------- reading the archive
@@ -417,7 +421,7 @@ def roff_to_text(source: str) -> str | None:
     output); None for a `.so` redirect."""
     out, line_buf, strings = [], [], {"R": "®", "Aq": "'"}
     skip_until = table = None
-    heading_next = False  # .SH without arguments: the next text line is the heading
+    heading_next = nofill = False  # .SH without arguments: the next text line is the heading
 
     def flush():
         if line_buf:
@@ -447,6 +451,8 @@ def roff_to_text(source: str) -> str | None:
                 heading_next = False
             elif text:
                 line_buf.append(text)
+                if nofill:  # .nf / .EX: one output line per input line
+                    flush()
             continue
         macro, _, rest = line[1:].strip().partition(" ")
         args = _args(rest)
@@ -469,6 +475,7 @@ def roff_to_text(source: str) -> str | None:
             heading_next = not heading
         elif macro in ("TP", "IP", "It", "Nd", "UR", "MT") or macro in _NEWLINE_MACROS:
             flush()
+            nofill = macro in ("nf", "EX") or (nofill and macro not in ("fi", "EE"))
             if macro == "Nd":
                 line_buf.append("-")
             if macro in ("IP", "It", "Nd", "UR", "MT") and args:
@@ -574,35 +581,46 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def shingles(text: str) -> np.ndarray:
-    """Sorted unique 64-bit hashes of the character 5-grams of a normalized text."""
-    c = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    n = max(1, len(c) - SHINGLE + 1)
+def _window_hashes(codes: np.ndarray) -> np.ndarray:
+    """64-bit polynomial hashes (wrapping mod 2^64) of every SHINGLE-long window of code points."""
+    n = len(codes) - SHINGLE + 1
     h = np.zeros(n, dtype=np.uint64)
-    for j in range(min(SHINGLE, len(c))):
-        h = h * np.uint64(1099511628211) + c[j:j + n]  # polynomial hash, wrapping mod 2^64
-    return np.unique(h)
+    for j in range(SHINGLE):
+        h = h * np.uint64(1099511628211) + codes[j:j + n]
+    return h
+
+
+def _codes(text: str) -> np.ndarray:
+    return np.frombuffer(text.ljust(SHINGLE, "\1").encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+
+
+def shingles(text: str) -> np.ndarray:
+    """Sorted unique hashes of the character 5-grams of a normalized text."""
+    return np.unique(_window_hashes(_codes(text)))
 
 
 def minhash(texts: list[str]) -> np.ndarray:
-    """(N, BANDS*ROWS) MinHash signatures of the texts' 5-gram sets, in blocks of ~4M shingles."""
+    """(N, BANDS*ROWS) MinHash signatures of the texts' 5-gram sets, computed for blocks of
+    texts at once (joined by NUL, windows that cross a NUL dropped), 32-bit hash functions."""
     rng = np.random.default_rng(SEED)
-    a = rng.integers(1, 2 ** 63, BANDS * ROWS, dtype=np.uint64) | np.uint64(1)
-    b = rng.integers(0, 2 ** 63, BANDS * ROWS, dtype=np.uint64)
-    sig = np.empty((len(texts), BANDS * ROWS), dtype=np.uint64)
-    lo = 0
-    while lo < len(texts):
-        block, size = [], 0
-        while lo + len(block) < len(texts) and size < 4_000_000:
-            block.append(shingles(texts[lo + len(block)]))
-            size += len(block[-1])
-        flat = np.concatenate(block)
-        starts = np.cumsum([0] + [len(s) for s in block[:-1]])
+    a = rng.integers(1, 2 ** 32, BANDS * ROWS, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    b = rng.integers(0, 2 ** 32, BANDS * ROWS, dtype=np.uint64).astype(np.uint32)
+    sig = np.empty((len(texts), BANDS * ROWS), dtype=np.uint32)
+    for lo in range(0, len(texts), 2000):
+        block = [t.ljust(SHINGLE, "\1") for t in texts[lo:lo + 2000]]
+        codes = _codes("\0".join(block))
+        h = _window_hashes(codes)
+        starts = np.cumsum([0] + [len(t) + 1 for t in block[:-1]])  # window i starts at code i
+        valid = np.ones(len(h), dtype=bool)
+        for j in range(SHINGLE):  # drop windows containing a separator
+            valid &= codes[j:j + len(h)] != 0
+        h ^= h >> np.uint64(29)  # fold the high bits in, keep 32
+        h32 = (h * np.uint64(0xBF58476D1CE4E5B9) >> np.uint64(32)).astype(np.uint32)[valid]
+        first = np.searchsorted(np.flatnonzero(valid), starts)  # each text's first valid window
         for k in range(BANDS * ROWS):
-            x = flat * a[k] + b[k]
-            x ^= x >> np.uint64(29)
-            sig[lo:lo + len(block), k] = np.minimum.reduceat(x, starts)
-        lo += len(block)
+            x = h32 * a[k] + b[k]
+            x ^= x >> np.uint32(15)
+            sig[lo:lo + len(block), k] = np.minimum.reduceat(x, first)
     return sig
 
 
@@ -610,13 +628,16 @@ def candidate_pairs(sig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) that agree on all rows of at least one band of their signatures."""
     codes = []
     for band in range(BANDS):
-        _, inverse = np.unique(sig[:, band * ROWS:(band + 1) * ROWS], axis=0, return_inverse=True)
-        order = np.argsort(inverse.ravel(), kind="stable")
-        for bucket in np.split(order, np.flatnonzero(np.diff(inverse.ravel()[order])) + 1):
-            if len(bucket) > 1:
-                i, j = np.triu_indices(len(bucket), 1)
-                lo, hi = np.minimum(bucket[i], bucket[j]), np.maximum(bucket[i], bucket[j])
-                codes.append(lo.astype(np.int64) * len(sig) + hi)
+        key = np.zeros(len(sig), dtype=np.uint64)
+        for v in sig[:, band * ROWS:(band + 1) * ROWS].T.astype(np.uint64):
+            key = key * np.uint64(0x100000001B3) + v  # a band's rows as one 64-bit key
+        order = np.argsort(key, kind="stable")
+        bounds = np.flatnonzero(np.diff(key[order])) + 1
+        starts, ends = np.r_[0, bounds], np.r_[bounds, len(key)]
+        for start, end in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+            bucket = np.sort(order[start:end])
+            i, j = np.triu_indices(len(bucket), 1)
+            codes.append(bucket[i].astype(np.int64) * len(sig) + bucket[j])
     codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
     return codes // len(sig), codes % len(sig)
 
@@ -943,9 +964,12 @@ def load_tokenizer(path: str | None):
     if path:
         from transformers import AutoTokenizer
         try:
-            return AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise M3Error(f"--tokenizer {path}: cannot load ({exc.__class__.__name__})") from None
+        if not tokenizer.is_fast:
+            raise M3Error(f"--tokenizer {path}: not a fast tokenizer (no tokenizer.json)")
+        return tokenizer
     from m3ref.tiny import build_tokenizer
     return build_tokenizer()
 

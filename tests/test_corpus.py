@@ -344,6 +344,10 @@ It\(aqs \(lqfine\(rq \[u00E9]t\(ga.
 .TP
 .BR \-a , " \-\-all"
 show all
+.nf
+int main(void);
+int exit(int);
+.fi
 .TS
 tab(;);
 l l.
@@ -352,10 +356,12 @@ one;two
 """
     text = bc.roff_to_text(src)
     assert text.splitlines() == ["NAME", "  ls - list directory contents", "DESCRIPTION",
-                                 "  It's “fine” ét`.", "  -a, --all show all", "  one two"]
+                                 "  It's “fine” ét`.", "  -a, --all show all", "  int main(void);",
+                                 "  int exit(int);", "  one two"]
     assert bc.roff_to_text(".so man1/ls.1\n") is None
     item = bc.page_item("en", "ls.1", text)
-    assert (item.query, item.text) == ("list directory contents", "DESCRIPTION\nIt's “fine” ét`.\n-a, --all show all\none two")
+    assert (item.query, item.text) == ("list directory contents", "DESCRIPTION\nIt's “fine” ét`.\n-a, --all show all\n"
+                                     "int main(void);\nint exit(int);\none two")
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff not installed")
