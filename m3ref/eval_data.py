@@ -39,10 +39,11 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from .assets import asset_path
 from .data import jsonl_rows, text_lines
 from .errors import M3Error, M3Warning
 
-DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[1] / "data_samples" / "eval"
+DEFAULT_EVAL_DIR = asset_path("data_samples/eval")  # the shipped sample, in a checkout or an installed wheel
 DEFAULT_SPLIT = {"miracl": "dev", "mldr": "test", "mkqa": "test"}
 # Languages the real benchmarks have (the BGE-M3 evaluation sets); MKQA names Chinese zh_cn.
 HUB_LANGS = {

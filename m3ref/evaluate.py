@@ -310,6 +310,8 @@ def main(argv=None):
         missing = [f"--{k}" for k in ("model", "data", "benchmark", "langs") if getattr(args, k) is None]
         if missing:
             raise M3Error(f"{', '.join(missing)} required (or --compare A.json B.json)")
+        from .assets import resolve_path
+        args.data = resolve_path(args.data)  # data_samples/eval: the shipped sample from any directory
         langs = args.langs.split(",")
         if args.langs == "all":
             langs = available_langs(args.benchmark, args.data, alias=False)

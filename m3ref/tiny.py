@@ -22,12 +22,14 @@ from typing import Optional
 
 import torch
 
+from .assets import asset_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE_DIR = os.path.join(ROOT, "data_samples", "source")
+SOURCE_DIR = str(asset_path("data_samples/source"))  # in the checkout, or inside the installed package
 # The trained tokenizer ships with the samples. The `tokenizers` Unigram trainer gives different
 # ids in every process (its Rust hash maps are randomly seeded), so a tokenizer trained afresh
 # would change every stored output. `trained_on.json` records the texts it was trained on.
-TOKENIZER_DIR = os.path.join(ROOT, "data_samples", "tokenizer")
+TOKENIZER_DIR = str(asset_path("data_samples/tokenizer"))
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
