@@ -34,6 +34,9 @@ BATCH_SIZE_TABLES = {"table9": {0: 48, 500: 32, 1000: 20, 2000: 18, 3000: 14, 40
 # Which scores see the passages of every rank: none, the dense one (official), or all three.
 CROSS_DEVICE = ("none", "dense", "all")
 KD_LOSS_TYPES = ("m3_kd_loss", "kl_div")
+# How the dense vector pools the last hidden states: [CLS] (M3, Eq. 1), the mean of the real
+# tokens, or the last real token (the official `sentence_pooling_method` choices).
+POOLING = ("cls", "mean", "last_token")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,12 @@ class M3Config:
     cross_device: str = "dense"
     # Output size of the ColBERT projection. -1 keeps the encoder's hidden size, as BGE-M3 does.
     colbert_dim: int = -1
+    # The dense vector: "cls" pooling and L2 normalisation are M3's definition (Eq. 1) and the
+    # official defaults; "mean" / "last_token" and normalize_embeddings=False are the official
+    # `sentence_pooling_method` / `normalize_embeddings` alternatives. `save_pretrained`
+    # writes the same choice for sentence-transformers (1_Pooling, 2_Normalize).
+    pooling: str = "cls"
+    normalize_embeddings: bool = True
     # The official batched ColBERT score takes its max over padded passage positions too
     # (zero vectors, similarity 0). False = the paper's definition (max over real tokens).
     colbert_max_over_padding: bool = False
@@ -96,7 +105,9 @@ class M3Config:
             raise M3Error(f"colbert_dim must be an integer (-1: the encoder's width), got {self.colbert_dim!r}")
         if self.mcls_stride is not None and not (_is_int(self.mcls_stride) and self.mcls_stride >= 1):
             raise M3Error(f"mcls_stride must be None (off) or an integer >= 1, got {self.mcls_stride!r}")
-        for name in ("unified", "self_distill", "colbert_max_over_padding"):
+        if self.pooling not in POOLING:
+            raise M3Error(f"pooling must be one of {', '.join(POOLING)}, got {self.pooling!r}")
+        for name in ("unified", "self_distill", "colbert_max_over_padding", "normalize_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise M3Error(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not (_is_int(self.self_distill_start_step) and self.self_distill_start_step >= -1):
@@ -150,6 +161,7 @@ class M3Config:
 
 
 BatchSizes = Union[int, dict, str]
+DATA_FIELDS = ("train_data", "dense_train_data", "retromae_data")
 
 
 @dataclass
@@ -159,7 +171,10 @@ class TrainConfig:
     # None builds m3ref's untrained tiny model into OUTPUT_DIR/init.
     model: Optional[str] = None
     # Fine-tuning data: a JSONL file, a directory of them, a hub dataset, or a list of these
-    # (as the official --train_data); each `*_len-lo-hi` file is a bucket.
+    # (as the official --train_data); each `*_len-lo-hi` file is a bucket. A directory or file
+    # whose name ends in `no_in_batch_neg` trains on each query's own group only (no in-batch
+    # negatives, official). A relative `data_samples/...` path that is not in the current
+    # directory is the sample shipped with m3ref.
     train_data: Union[str, list] = "data_samples/train/finetune"
     # Pairs for the dense-only stage (no negatives needed); None = `train_data`.
     dense_train_data: Union[str, list, None] = None
@@ -173,6 +188,14 @@ class TrainConfig:
     length_edges: list = field(default_factory=lambda: list(LENGTH_EDGES))
     # Official: incomplete batches are dropped. False fills them up, so no example is skipped.
     drop_last: bool = False
+    # Instructions (official): a query becomes query_instruction_format.format(instruction, query),
+    # where the example's `prompt` field, if any, replaces the instruction; None and no prompt =
+    # the query as it is. Passages get the passage instruction the same way, and examples of
+    # type symmetric_sts / symmetric_clustering get the query's instruction (or prompt) instead.
+    query_instruction_for_retrieval: Optional[str] = None
+    query_instruction_format: str = "{}{}"
+    passage_instruction_for_retrieval: Optional[str] = None
+    passage_instruction_format: str = "{}{}"
     # --- stage 0: RetroMAE pre-training (paper Sec. 3.4; RetroMAE, arXiv 2205.12035)
     # Steps of masked auto-encoding before any contrastive stage; 0 = none (BAAI/bge-m3 and
     # xlm-roberta-large are past it: the paper's encoder is XLM-R after RetroMAE).
@@ -198,8 +221,14 @@ class TrainConfig:
     teacher_kd: bool = False
     # The objective: tau, weights, divisors, self-distillation, cross-device negatives.
     m3: M3Config = field(default_factory=M3Config)
+    # Only the two heads train; the encoder is frozen (official `fix_encoder`; unified stage only).
+    fix_encoder: bool = False
     # --- optimisation
     max_steps: int = 100
+    # Epochs over the unified stage's data instead of max_steps: max_steps is then the steps of
+    # the stages before it plus ceil(num_train_epochs * batches per epoch / grad_accum). A
+    # max_steps given as well wins (as in the official HF-Trainer arguments).
+    num_train_epochs: Optional[float] = None
     lr: float = 1e-5
     # The two heads (sparse_linear, colbert_linear) learn at lr * this. Below 1 it guards the
     # ReLU sparse head against dying in the first unified steps (FlagEmbedding #982; ch. 12).
@@ -221,11 +250,18 @@ class TrainConfig:
     sub_batch_size: Union[int, str, None] = None
     # --- bookkeeping
     save_every: int = 0  # checkpoint every N steps (0 = only OUTPUT_DIR/final)
-    tensorboard: bool = True  # also log to OUTPUT_DIR/tb if tensorboard is installed
+    # Keep only the newest K checkpoint-N directories (None = all); final/ is not counted.
+    save_total_limit: Optional[int] = None
+    # Also log to OUTPUT_DIR/tb (needs the `tensorboard` extra: pip install m3ref[tensorboard]).
+    tensorboard: bool = False
     # A collective that waits longer than this fails: a dead rank stops the others.
     dist_timeout_s: float = 600.0
 
     def __post_init__(self):
+        from .assets import resolve_path
+        for name in DATA_FIELDS:  # data_samples/...: the shipped sample when it is not in the current directory
+            value = getattr(self, name)
+            setattr(self, name, [resolve_path(v) for v in value] if isinstance(value, list) else resolve_path(value))
         if isinstance(self.m3, dict):  # the nested `m3:` block of a YAML file
             values = dict(self.m3)
             self.m3 = M3Config.from_preset(values.pop("preset", "official"), **values)
@@ -264,8 +300,25 @@ class TrainConfig:
              "gradient_checkpointing", "choose one of true, false, layer, sub_batch")
         need(self.gradient_checkpointing != "sub_batch" or self.sub_batch_size is not None, "gradient_checkpointing",
              "sub_batch needs a sub_batch_size")
-        for name in ("drop_last", "teacher_kd", "tensorboard"):
+        for name in ("drop_last", "teacher_kd", "tensorboard", "fix_encoder"):
             need(isinstance(getattr(self, name), bool), name, "must be true or false")
+        need(self.num_train_epochs is None or (_is_number(self.num_train_epochs) and self.num_train_epochs > 0),
+             "num_train_epochs", "must be a number > 0 or null")
+        need(self.save_total_limit is None or (_is_int(self.save_total_limit) and self.save_total_limit >= 1),
+             "save_total_limit", "must be an integer >= 1 or null (keep every checkpoint)")
+        for name in ("query_instruction_for_retrieval", "passage_instruction_for_retrieval"):
+            need(getattr(self, name) is None or isinstance(getattr(self, name), str), name, "must be a string or null")
+        for name in ("query_instruction_format", "passage_instruction_format"):
+            value = getattr(self, name)
+            try:
+                ok = isinstance(value, str) and value.format("I", "T") is not None and "T" in value.format("I", "T")
+            except (IndexError, KeyError, ValueError):
+                ok = False
+            need(ok, name, "must be a format string with two {} fields: instruction, then text")
+        need(not self.fix_encoder or (self.dense_steps == 0 and self.retromae_steps == 0
+                                      and getattr(self.m3, "unified", True)),
+             "fix_encoder", "trains only the lexical and multi-vector heads: it needs unified fine-tuning alone "
+             "(dense_steps: 0, retromae_steps: 0, m3.unified: true)")
         need(self.precision in ("bf16", "fp16", "fp32"), "precision", "choose one of bf16, fp16, fp32")
         need(isinstance(self.m3, M3Config), "m3", "must be a mapping of M3Config fields")
         need(isinstance(self.retromae_mask, (list, tuple)) and len(self.retromae_mask) == 2
@@ -292,11 +345,28 @@ class TrainConfig:
                      name, f"{path}: no such file or directory")
 
 
+def find_config(path: str) -> str:
+    """The config file `path` names: a file there, else a shipped config by its bare name
+    ("tiny", "bge-m3-gpu.yaml") or by its path in the repository ("configs/tiny.yaml")."""
+    from .assets import resolve_path, shipped_config, shipped_configs
+    if os.path.isfile(path):
+        return path
+    found = shipped_config(path) or resolve_path(path)
+    if found is not None and os.path.isfile(found):
+        return str(found)
+    raise M3Error(f"no config file at {path} (shipped configs, by name: {', '.join(shipped_configs()) or 'none'})")
+
+
 def load_config(path: Optional[str], **overrides) -> TrainConfig:
-    """TrainConfig from a YAML file, then `overrides` (command-line flags; None = not given)."""
+    """TrainConfig from a YAML file, then `overrides` (command-line flags; None = not given).
+
+    `path` may name a shipped config ("tiny", `find_config`). Between max_steps and
+    num_train_epochs, a command-line flag wins over the file; given together, max_steps wins
+    (as in the official arguments)."""
     import yaml
     values = {}
     if path:
+        path = find_config(path)
         try:
             with open(path, encoding="utf-8") as f:
                 values = yaml.safe_load(f) or {}
@@ -308,9 +378,21 @@ def load_config(path: Optional[str], **overrides) -> TrainConfig:
     for key in values:
         if key not in known:
             raise M3Error(f"{path}: unknown config key {key!r}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(overrides.get("m3"), dict) and isinstance(values.get("m3"), dict):
+        overrides["m3"] = {**values["m3"], **overrides["m3"]}  # flags change single fields of the m3: block
+    for flag, other in (("num_train_epochs", "max_steps"), ("max_steps", "num_train_epochs")):
+        if flag in overrides and other not in overrides:
+            values.pop(other, None)  # the command line's choice of length replaces the file's
+    values.update(overrides)
+    if values.get("num_train_epochs") is not None and values.get("max_steps") is not None:
+        import warnings
+        from .errors import M3Warning
+        warnings.warn(f"max_steps={values['max_steps']} and num_train_epochs={values['num_train_epochs']} are both "
+                      f"set: max_steps wins", M3Warning)
+        values["num_train_epochs"] = None
     for f in dataclasses.fields(TrainConfig):  # PyYAML reads 1e-5 (no dot) as a string
-        if f.type == "float" and isinstance(values.get(f.name), str):
+        if f.type in ("float", "Optional[float]") and isinstance(values.get(f.name), str):
             try:
                 values[f.name] = float(values[f.name])
             except ValueError:

@@ -137,8 +137,8 @@ def encode(model, texts, batch_size: int = 32, max_length: int = 8192, return_de
             hidden = model.encoder(input_ids=batch["input_ids"],
                                    attention_mask=batch["attention_mask"]).last_hidden_state  # (B, L, d)
             if return_dense:
-                vecs = model.dense_vector(hidden, batch.get("cls_mask")).float().cpu().numpy()  # (B, d)
-                for i, v in zip(idx, vecs):
+                vecs = model.dense_vector(hidden, batch.get("cls_mask"), batch["attention_mask"])  # (B, d)
+                for i, v in zip(idx, vecs.float().cpu().numpy()):
                     dense[i] = v
             if return_sparse:
                 weights = model.lexical_weights(hidden).float()  # (B, L)

@@ -146,7 +146,7 @@ def m3_scores(q: "Embeddings", p: "Embeddings", config: M3Config, ignore_ids: Se
 
 
 def m3_objective(q: "Embeddings", p: "Embeddings", config: M3Config, ignore_ids: Sequence[int], pad_id: int,
-                 group_size: int, step: int = 0, teacher_scores=None) -> dict:
+                 group_size: int, step: int = 0, teacher_scores=None, in_batch_negatives: bool = True) -> dict:
     """Every score and loss of one batch: B queries, each with G passages, positive first (ch. 05-09).
 
     q: (B, ...) queries, p: (B*G, ...) their groups. `teacher_scores` (B, G), raw teacher
@@ -155,12 +155,15 @@ def m3_objective(q: "Embeddings", p: "Embeddings", config: M3Config, ignore_ids:
     "dense", the official choice: L_dense over every rank's passages, lexical, multi-vector and
     ensemble in-batch; "all": every mode. Labels are then offset by rank: query i's positive
     is column rank*B*G + i*G. In one process all three are the in-batch objective.
+    `in_batch_negatives=False` (`local_group_objective`) scores each query against its own group only.
     """
     B, G = q.dense.shape[0], group_size
     device = q.dense.device
     teacher = None
     if teacher_scores is not None:
         teacher = torch.softmax(torch.as_tensor(teacher_scores, dtype=q.dense.dtype, device=device).view(B, G), -1)
+    if not in_batch_negatives:
+        return local_group_objective(m3_scores(q, p, config, ignore_ids), config, G, step, teacher)
     local = dict(targets=group_targets(B, G, device=device), config=config, step=step,
                  teacher_targets=teacher, group_size=G)
     world = distributed.world_size()
@@ -179,3 +182,31 @@ def m3_objective(q: "Embeddings", p: "Embeddings", config: M3Config, ignore_ids:
     dense_loss = info_nce(s_all, targets) if teacher is None else teacher_kd_loss(s_all, teacher, G,
                                                                                   config.kd_loss_type)
     return m3_loss(**m3_scores(q, p, config, ignore_ids), **local, dense_loss=dense_loss)  # (B, B*G) scores
+
+
+def local_group_objective(scores: dict, config: M3Config, group_size: int, step: int = 0,
+                          teacher_targets: Optional[torch.Tensor] = None) -> dict:
+    """M3's objective with no negatives but each query's own group (an official `no_in_batch_neg`
+    dataset: classification, clustering): every term of `m3_loss` computed on the (1, G) scores
+    of one query, positive at column 0, then averaged over the queries.
+
+    Every term of `m3_loss` is a mean over queries, so this is `m3_loss` on the (B, G) block
+    of each query's own passages: s_inter, L_inter and self-distillation included (the M3
+    definition; FlagEmbedding 1.4.2 slices the ensemble with G = 1 there, a bug). Teacher scores
+    (B, G) distil within the group. The scores come back as (B, G).
+    """
+    local = {k: None if v is None else local_group_scores(v, group_size) for k, v in scores.items()}  # (B, G)
+    B = local["s_dense"].shape[0]
+    parts = []
+    for b in range(B):
+        row = {k: None if v is None else v[b:b + 1] for k, v in local.items()}  # (1, G)
+        parts.append(m3_loss(**row, targets=torch.zeros(1, dtype=torch.long, device=local["s_dense"].device),
+                             config=config, step=step, group_size=group_size,
+                             teacher_targets=None if teacher_targets is None else teacher_targets[b:b + 1]))
+    out = {}
+    for key, value in parts[0].items():
+        if value.dim() == 0:
+            out[key] = torch.stack([part[key] for part in parts]).mean()
+        else:
+            out[key] = torch.cat([part[key] for part in parts])
+    return out

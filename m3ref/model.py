@@ -78,6 +78,7 @@ class M3Model(nn.Module):
         self.config = config = config or M3Config()
         hidden = encoder.config.hidden_size
         self.encoder, self.tokenizer = encoder, tokenizer
+        self.st_config = None  # config_sentence_transformers.json of the loaded checkpoint (its prompts)
         self.colbert_linear = nn.Linear(hidden, hidden if config.colbert_dim <= 0 else config.colbert_dim)
         self.sparse_linear = nn.Linear(hidden, 1)
         tok = tokenizer
@@ -110,17 +111,33 @@ class M3Model(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, d)
         colbert_mask = self.colbert_mask(attention_mask, cls_mask)  # (B, L-1)
         colbert = self.colbert_vectors(hidden[:, 1:]) * colbert_mask[..., None].to(hidden.dtype)  # (B, L-1, d')
-        return Embeddings(dense=self.dense_vector(hidden, cls_mask), ids=input_ids,
+        return Embeddings(dense=self.dense_vector(hidden, cls_mask, attention_mask), ids=input_ids,
                           weights=self.lexical_weights(hidden), colbert=colbert, colbert_mask=colbert_mask)
 
     # The three heads, shared by `forward` (training) and `encode` (inference).
-    @staticmethod
-    def dense_vector(hidden: torch.Tensor, cls_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """e_q = normalize(h[CLS]) (Eq. 1), or with MCLS the mean of the [CLS] states (ch. 10). (B, d)"""
-        if cls_mask is None:
-            return F.normalize(hidden[:, 0], dim=-1)
-        m = cls_mask.to(hidden.dtype)[..., None]  # (B, L, 1)
-        return F.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
+    def dense_vector(self, hidden: torch.Tensor, cls_mask: Optional[torch.Tensor] = None,
+                     attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """e_q = normalize(h[CLS]) (Eq. 1), or with MCLS the mean of the [CLS] states (ch. 10). (B, d)
+
+        `config.pooling` "mean" (over real tokens) or "last_token" (the last real token) and
+        `config.normalize_embeddings=False` are the official code's alternatives."""
+        pooling = self.config.pooling
+        if cls_mask is not None:
+            if pooling != "cls":
+                raise M3Error(f"MCLS needs pooling='cls' (the model's pooling is {pooling!r})")
+            m = cls_mask.to(hidden.dtype)[..., None]  # (B, L, 1)
+            vector = (hidden * m).sum(1) / m.sum(1)
+        elif pooling == "cls":
+            vector = hidden[:, 0]
+        else:
+            mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask
+            if pooling == "mean":
+                m = mask.to(hidden.dtype)[..., None]  # (B, L, 1)
+                vector = (hidden * m).sum(1) / m.sum(1)
+            else:  # last_token: right padding, so the last real token is at length - 1
+                last = mask.long().sum(1) - 1  # (B,)
+                vector = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return F.normalize(vector, dim=-1) if self.config.normalize_embeddings else vector
 
     def lexical_weights(self, hidden: torch.Tensor) -> torch.Tensor:
         """w_t = ReLU(W_lex^T h_t), one weight per token (Eq. 2). (..., L, d) -> (..., L)"""
@@ -148,7 +165,8 @@ class M3Model(nn.Module):
     def training_loss(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
                       config: Optional[M3Config] = None, step: int = 0, teacher_scores=None,
                       max_query_length: int = 512, max_passage_length: int = 512,
-                      sub_batch_size=None, checkpoint_sub_batches: bool = False) -> dict:
+                      sub_batch_size=None, checkpoint_sub_batches: bool = False,
+                      in_batch_negatives: bool = True) -> dict:
         """Every score and loss of one training batch (paper Sec. 3.3; ch. 05-06, 08).
 
         passages[i] = [positive, negative, ...], the same G for every query. Returns
@@ -156,7 +174,9 @@ class M3Model(nn.Module):
         L_dense, L_lex, L_mul, L_inter, L, L_prime, L_final (differentiable scalars).
         `teacher_scores` (B, G) switch on teacher distillation (`config.kd_loss_type`).
         `sub_batch_size` and `checkpoint_sub_batches` encode in sub-batches (split-batch,
-        `batching.split_batch_forward`): the numbers stay the same. The trainer calls this too.
+        `batching.split_batch_forward`): the numbers stay the same. `in_batch_negatives=False`
+        scores each query against its own G passages only (an official `no_in_batch_neg`
+        dataset; `losses.m3_objective`). The trainer calls this too.
         """
         config = config or self.config
         if not queries or len(queries) != len(passages):
@@ -173,7 +193,7 @@ class M3Model(nn.Module):
         q = split_batch_forward(self, self.collate(q_ids), sub_batch_size, checkpoint_sub_batches)  # (B, ...)
         p = split_batch_forward(self, self.collate(p_ids), sub_batch_size, checkpoint_sub_batches)  # (B*G, ...)
         return m3_objective(q, p, config, self.ignore_ids, self.tokenizer.pad_token_id, group_size, step,
-                            teacher_scores)
+                            teacher_scores, in_batch_negatives)
 
     # -------------------------------------------------------------- checkpoints
     @classmethod
@@ -188,7 +208,6 @@ class M3Model(nn.Module):
         unsafe file is an `M3Error` that names it.
         """
         from transformers import AutoModel, AutoTokenizer
-        config = config or M3Config()
         path = os.fspath(path)
         if os.path.isfile(path):
             raise M3Error(f"{path} is a file; give the checkpoint directory")
@@ -197,6 +216,7 @@ class M3Model(nn.Module):
                 raise M3Error(f"no checkpoint directory at {path}")
             path = _download(path)
         check_model_dir(path, heads=not init_heads)
+        config = _dense_config(path, config)
         heads = {name: os.path.join(path, f"{name}.pt") for name in HEAD_FILES}
         states = {n: _head_state(f) for n, f in heads.items() if os.path.isfile(f)}
         weights = next(f for f in WEIGHT_FILES if os.path.isfile(os.path.join(path, f)))
@@ -216,6 +236,7 @@ class M3Model(nn.Module):
             tok = next((f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(path, f))), "")
             raise _load_error(os.path.join(path, tok), exc, "cannot load the tokenizer") from None
         model = cls(encoder, tokenizer, config)
+        model.st_config = read_json(os.path.join(path, ST_CONFIG))  # prompts etc., kept by save_pretrained
         for name, state in states.items():
             try:
                 getattr(model, name).load_state_dict(state)
@@ -225,7 +246,8 @@ class M3Model(nn.Module):
         return model.to(device).float().eval()
 
     def save_pretrained(self, out_dir) -> None:
-        """Write the official layout: encoder files, tokenizer, colbert_linear.pt, sparse_linear.pt.
+        """Write the official layout: encoder files, tokenizer, colbert_linear.pt, sparse_linear.pt,
+        and the sentence-transformers files of the dense vector (`save_sentence_transformers`).
         A failed write (a full disk, a read-only directory) is an `M3Error` naming the file."""
         out_dir = os.fspath(out_dir)
         with writing(out_dir):
@@ -234,9 +256,106 @@ class M3Model(nn.Module):
             self.encoder.save_pretrained(out_dir)
         with writing(os.path.join(out_dir, "tokenizer.json")):
             self.tokenizer.save_pretrained(out_dir)
+        tok_config = os.path.join(out_dir, "tokenizer_config.json")
+        values = read_json(tok_config)
+        if values is not None and values.get("tokenizer_class") == "TokenizersBackend":
+            # transformers 5's name for a plain tokenizer.json; 4.x knows it as PreTrainedTokenizerFast,
+            # which 5.x reads as the same class
+            write_json(tok_config, {**values, "tokenizer_class": "PreTrainedTokenizerFast"})
         for name in HEAD_FILES:
             state = {k: v.detach().cpu().clone() for k, v in getattr(self, name).state_dict().items()}
             save_torch_file(state, os.path.join(out_dir, f"{name}.pt"))
+        self.save_sentence_transformers(out_dir)
+
+    def save_sentence_transformers(self, out_dir) -> None:
+        """The files through which `SentenceTransformer(out_dir)` computes this model's dense
+        vector, as the official BAAI/bge-m3 ships them: modules.json (the encoder, pooling,
+        normalisation), 1_Pooling/config.json (`config.pooling`), sentence_bert_config.json
+        (the maximum length) and config_sentence_transformers.json (kept from the loaded
+        checkpoint: its prompts). Without them sentence-transformers mean-pools silently."""
+        out_dir = os.fspath(out_dir)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if self.config.normalize_embeddings:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            with writing(os.path.join(out_dir, "2_Normalize")):
+                os.makedirs(os.path.join(out_dir, "2_Normalize"), exist_ok=True)
+        with writing(os.path.join(out_dir, "1_Pooling")):
+            os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
+        pooling = {"word_embedding_dimension": self.encoder.config.hidden_size,
+                   **{key: self.config.pooling == name for name, key in ST_POOLING.items()},
+                   "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+                   "pooling_mode_weightedmean_tokens": False, "include_prompt": True}
+        write_json(os.path.join(out_dir, "1_Pooling", "config.json"), pooling)
+        write_json(os.path.join(out_dir, "modules.json"), modules)
+        write_json(os.path.join(out_dir, "sentence_bert_config.json"),
+                   {"max_seq_length": self.max_length, "do_lower_case": False})
+        st_config = getattr(self, "st_config", None) or {"prompts": {}, "default_prompt_name": None,
+                                                          "similarity_fn_name": "cosine"}
+        write_json(os.path.join(out_dir, ST_CONFIG), st_config)
+
+
+# sentence-transformers: the 1_Pooling/config.json key of each pooling (`M3Config.pooling`).
+ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "last_token": "pooling_mode_lasttoken"}
+ST_CONFIG = "config_sentence_transformers.json"
+
+
+def read_json(file):
+    """A JSON file's value, or None when the file is missing or is not valid JSON."""
+    import json
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(file, value) -> None:
+    import json
+    with writing(file):
+        with open(file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(value, indent=2) + "\n")
+
+
+def declared_dense(path) -> Optional[dict]:
+    """How a checkpoint's sentence-transformers files compute the dense vector:
+    {"pooling": ..., "normalize_embeddings": ...}, or None without a modules.json. A pooling
+    m3ref does not have (max, weighted mean) is returned by its sentence-transformers name."""
+    modules = read_json(os.path.join(path, "modules.json"))
+    if not isinstance(modules, list):
+        return None
+    types = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
+    pooling = "cls"
+    if "Pooling" in types:
+        values = read_json(os.path.join(path, types["Pooling"].get("path", ""), "config.json")) or {}
+        mode = values.get("pooling_mode") or next((k for k, v in values.items() if k.startswith("pooling_mode_") and v),
+                                                  "pooling_mode_mean_tokens")
+        names = {**{key: name for name, key in ST_POOLING.items()}, "lasttoken": "last_token"}
+        pooling = names.get(mode, mode if mode in ST_POOLING else mode.removeprefix("pooling_mode_"))
+    return {"pooling": pooling, "normalize_embeddings": "Normalize" in types}
+
+
+def _dense_config(path, config: Optional[M3Config]) -> M3Config:
+    """`config`, or when it is None an M3Config with the pooling and normalisation that the
+    checkpoint's sentence-transformers files declare (M3's CLS + normalisation without them).
+    A given config that disagrees with those files wins, with a warning."""
+    from .config import POOLING
+    from .errors import M3Warning
+    declared = declared_dense(path)
+    if config is None:
+        if declared is None:
+            return M3Config()
+        if declared["pooling"] not in POOLING:
+            warnings.warn(f"{path}: its sentence-transformers pooling {declared['pooling']!r} is not one of "
+                          f"{', '.join(POOLING)}; the dense vector uses 'cls'", M3Warning)
+            declared["pooling"] = "cls"
+        return M3Config(**declared)
+    if declared is not None and declared != {k: getattr(config, k) for k in declared}:
+        warnings.warn(f"{path}: its sentence-transformers files declare {declared}, the config says "
+                      f"pooling={config.pooling!r}, normalize_embeddings={config.normalize_embeddings}: the config "
+                      f"is used, and save_pretrained writes it", M3Warning)
+    return config
 
 
 # Files of a checkpoint directory: encoder weights (one of them), tokenizer (one of them).

@@ -28,6 +28,7 @@ none (README, "When things go wrong").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -112,24 +113,27 @@ def save_checkpoint(path: Path, model: M3Model, trainer: dict, optim: dict, env:
 
     `trainer` (JSON: step, stage, sampler, ...), `optim` (optimizer/grad-scaler state dicts)
     and `extra` ({file name: state dict}, e.g. the RetroMAE decoder) come from rank 0; every
-    rank adds its own RNG state. A failed write (a full disk) is an `M3Error` naming the file;
-    the last checkpoint stays as it was.
+    rank adds its own RNG state. `optim=None` writes a model-only checkpoint (final/: what
+    inference, FlagEmbedding and sentence-transformers read, plus trainer_state.json). A
+    failed write (a full disk) is an `M3Error` naming the file; the last checkpoint stays as it was.
     """
     tmp = path.with_name(f".tmp-{path.name}")
     if env.master:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)  # official layout: encoder, tokenizer, colbert/sparse heads
-        save_torch_file(optim, tmp / "optimizer.pt")
+        if optim is not None:
+            save_torch_file(optim, tmp / "optimizer.pt")
         for name, state in (extra or {}).items():
             save_torch_file(state, tmp / name)
     barrier(env)
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    with writing(tmp):
-        tmp.mkdir(parents=True, exist_ok=True)  # (multi-node: OUTPUT_DIR should be a shared file system)
-    save_torch_file(rng, tmp / f"rng_state_{env.rank}.pt")
-    barrier(env)
+    if optim is not None:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        with writing(tmp):
+            tmp.mkdir(parents=True, exist_ok=True)  # (multi-node: OUTPUT_DIR should be a shared file system)
+        save_torch_file(rng, tmp / f"rng_state_{env.rank}.pt")
+        barrier(env)
     if env.master:
         with writing(tmp / "trainer_state.json"):
             (tmp / "trainer_state.json").write_text(json.dumps(trainer, indent=1))
@@ -140,6 +144,26 @@ def save_checkpoint(path: Path, model: M3Model, trainer: dict, optim: dict, env:
             tmp.rename(path)  # the only step that makes the checkpoint visible
         shutil.rmtree(old, ignore_errors=True)
     barrier(env)
+
+
+def rotate_checkpoints(written: Path, keep: Optional[int], env: DistEnv) -> list:
+    """Keep `written` (the checkpoint-N just completed) and the newest `keep - 1` other
+    checkpoint-N directories of its folder (`save_total_limit`; final/ is not counted); remove
+    the rest, on rank 0. Each is renamed to `.tmp-<name>` first (what a killed run leaves there
+    is removed by the next one), so a resume never sees half of one. Returns the removed paths."""
+    if not keep or not env.master:
+        return []
+    found = sorted(((int(m.group(1)), d) for d in written.parent.glob("checkpoint-*")
+                    if (m := re.fullmatch(r"checkpoint-(\d+)", d.name)) and d.is_dir() and d != written),
+                   reverse=True)
+    removed = []
+    for _, d in found[keep - 1:]:
+        tmp = d.with_name(f".tmp-{d.name}")
+        with writing(d):
+            d.rename(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 def _rng_restore(rng: Optional[dict]) -> None:
@@ -157,6 +181,8 @@ def _open_checkpoint(ckpt: Path, cfg: TrainConfig, env: DistEnv) -> dict:
     RetroMAE decoder. The first missing, truncated or damaged file is an `M3Error` naming it."""
     state = _read_state(ckpt)
     model = M3Model.from_pretrained(ckpt, config=cfg.m3, device=env.device)
+    if ckpt.name == "final" and not (ckpt / "optimizer.pt").exists():  # final/ keeps the model only
+        return {"path": ckpt, "state": state, "model": model, "optim": None, "rng": None, "decoder": None}
     optim = load_torch_file(ckpt / "optimizer.pt", map_location=env.device)
     if not (isinstance(optim, dict) and "optimizer" in optim):
         raise M3Error(f"{ckpt / 'optimizer.pt'}: not an optimizer state")
@@ -314,6 +340,8 @@ def _load_model(cfg: TrainConfig, out: Path, opened: Optional[dict], env: DistEn
         if getattr(cfg, name) > model.max_length:
             raise M3Error(f"config: {name}={getattr(cfg, name)}: above the {model.max_length} positions "
                           f"of the model {source}")
+    if cfg.fix_encoder:  # official fix_encoder: only the lexical and multi-vector heads learn
+        model.encoder.requires_grad_(False)
     broadcast_parameters(model, env)
     torch.manual_seed(cfg.seed + env.rank)  # nanoGPT's seed_offset: different dropout masks per rank
     if cfg.gradient_checkpointing in (True, "layer"):
@@ -321,26 +349,97 @@ def _load_model(cfg: TrainConfig, out: Path, opened: Optional[dict], env: DistEn
     return model.train()
 
 
-def _load_all(paths) -> dict:
-    """load_train_data over one path or a list of them, merged: {name: dataset}."""
+def _load_all(paths, meta: Optional[dict] = None) -> dict:
+    """load_train_data over one path or a list of them, merged: {name: dataset}. `meta`, a dict,
+    receives {name: {"local": ..., "type": ...}} (`data_meta`)."""
     data = {}
     for path in paths if isinstance(paths, list) else [paths]:
         for name, ds in load_train_data(path).items():
             if name in data:
                 raise M3Error(f"{path}: a second data file named {name!r}; file names must differ")
             data[name] = ds
+            if meta is not None:
+                meta[name] = data_meta(path, name, ds)
     return data
 
 
-def _stage_data(cfg: TrainConfig) -> dict:
-    """Load and validate every data file before any compute: {stage: datasets}."""
-    stages = {}
+NO_IN_BATCH_NEG = "no_in_batch_neg"
+_LEN_TAG = re.compile(r"_len-\d+-(\d+|inf)$")
+
+
+def data_meta(path, name: str, ds) -> dict:
+    """How the official trainer treats a data file (FlagEmbedding's AbsEmbedderSameDatasetTrainDataset):
+
+    * "local": the path given (a directory or a file) or the file's own name, without a
+      `_len-` tag, ends in `no_in_batch_neg`: each query is scored against its own group
+      only, no in-batch or cross-device negatives (classification, clustering data);
+    * "type": the examples' `type` field (one per file: the official batches are of one type):
+      `only_1neg` trains with G = 2, `symmetric_class` with G = min(negatives + 1, G), any
+      `symmetric*` type with half the batch size, `symmetric_sts` and `symmetric_clustering`
+      with the query's instruction on the passages too.
+    """
+    given = Path(str(path)).name
+    for suffix in (".gz", ".jsonl", ".json"):
+        given = given.removesuffix(suffix)
+    local = given.endswith(NO_IN_BATCH_NEG) or _LEN_TAG.sub("", name).endswith(NO_IN_BATCH_NEG)
+    types = []
+    if "type" in ds.column_names:
+        types = [t for t in pc.unique(ds.data.column("type")).to_pylist() if t is not None]
+    if len(types) > 1:
+        raise M3Error(f"{name}: examples of {len(types)} types ({', '.join(sorted(types))}); a file holds one type, "
+                      f"as the official trainer batches one type at a time")
+    return {"local": local, "type": types[0] if types else None}
+
+
+def group_size_for(meta: dict, rows, batch, group_size: int) -> int:
+    """G of a unified batch: `only_1neg` -> 2, `symmetric_class` -> min(negatives of the batch's
+    first example + 1, G), otherwise `group_size` (official `_get_train_group_size`)."""
+    kind = meta.get("type")
+    if kind == "only_1neg":
+        return 2
+    if kind == "symmetric_class":
+        return max(1, min(len(rows[batch.indices[0]]["neg"] or []) + 1, group_size))
+    return group_size
+
+
+def instructed(queries: list, passages: list, prompts: list, kind: Optional[str], cfg: TrainConfig):
+    """Queries and passage groups with their instructions (official AbsEmbedderDataset): a
+    query becomes query_instruction_format.format(prompt or query instruction, query); passages
+    of symmetric_sts / symmetric_clustering examples get the same instruction, other passages
+    passage_instruction_format.format(passage instruction, passage). Nothing to prepend (no
+    prompt, no instruction): the text stays as it is."""
+    out_q, out_p = [], []
+    for query, group, prompt in zip(queries, passages, prompts):
+        instruction = prompt if prompt is not None else cfg.query_instruction_for_retrieval
+        fmt = cfg.query_instruction_format
+        out_q.append(query if instruction is None else fmt.format(instruction, query))
+        if kind in ("symmetric_sts", "symmetric_clustering"):
+            out_p.append(group if instruction is None else [fmt.format(instruction, p) for p in group])
+        elif cfg.passage_instruction_for_retrieval is not None:
+            out_p.append([cfg.passage_instruction_format.format(cfg.passage_instruction_for_retrieval, p)
+                          for p in group])
+        else:
+            out_p.append(group)
+    return out_q, out_p
+
+
+def batches_per_epoch(sizes, batch_sizes, world_size: int, drop_last: bool) -> int:
+    """Global batches in one epoch of `BucketSampler`: per bucket ceil(n / (bs * W)), or
+    floor with drop_last."""
+    return sum(n // (bs * world_size) if drop_last else -(-n // (bs * world_size)) for n, bs in zip(sizes, batch_sizes))
+
+
+def _stage_data(cfg: TrainConfig, meta: Optional[dict] = None) -> dict:
+    """Load and validate every data file before any compute: {stage: datasets}; `meta` (a
+    dict) receives {stage: {name: data_meta}}."""
+    stages, meta = {}, {} if meta is None else meta
     if cfg.retromae_steps > 0:
-        stages["retromae"] = _load_all(cfg.retromae_data or cfg.dense_train_data or cfg.train_data)
+        stages["retromae"] = _load_all(cfg.retromae_data or cfg.dense_train_data or cfg.train_data,
+                                       meta.setdefault("retromae", {}))
     if cfg.dense_steps > 0:
-        stages["dense"] = _load_all(cfg.dense_train_data or cfg.train_data)
-    if cfg.max_steps > stage_start("unified", cfg):
-        stages["unified"] = data = _load_all(cfg.train_data)
+        stages["dense"] = _load_all(cfg.dense_train_data or cfg.train_data, meta.setdefault("dense", {}))
+    if cfg.max_steps > stage_start("unified", cfg) or cfg.num_train_epochs is not None:
+        stages["unified"] = data = _load_all(cfg.train_data, meta.setdefault("unified", {}))
         for name, ds in data.items():
             if cfg.group_size > 1:
                 counts = pc.list_value_length(ds.data.column("neg")).fill_null(0)  # (N,) negatives per example
@@ -384,9 +483,21 @@ def _schedule_note(state: dict, cfg: TrainConfig, ckpt: Path) -> Optional[str]:
             f"already taken keep the lr they had")
 
 
+def _nothing_to_do(state: dict, ckpt: Path, cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> bool:
+    """True when `--resume auto` finds final/ at max_steps; an error for any other resume past it."""
+    if state["step"] < cfg.max_steps:
+        return False
+    if resume == "auto" and ckpt.name == "final":
+        if env.master:
+            print(f"{ckpt} is at step {state['step']} of max_steps={cfg.max_steps}: nothing to do", file=sys.stderr)
+        return True
+    raise M3Error(f"{ckpt} is at step {state['step']}, max_steps is {cfg.max_steps}: nothing to do")
+
+
 def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     out = Path(cfg.output_dir)
-    stage_data = _stage_data(cfg)
+    meta = {}
+    stage_data = _stage_data(cfg, meta)
     if env.master:
         with writing(out):
             out.mkdir(parents=True, exist_ok=True)
@@ -406,18 +517,28 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         if state["world_size"] != env.world_size:
             raise M3Error(f"{ckpt} was written by {state['world_size']} ranks; resume with the same number "
                           f"(now {env.world_size})")
-        if state["step"] >= cfg.max_steps:
-            if resume == "auto" and ckpt.name == "final":
-                if env.master:
-                    print(f"{ckpt} is at step {state['step']} of max_steps={cfg.max_steps}: nothing to do",
-                          file=sys.stderr)
-                return ckpt
-            raise M3Error(f"{ckpt} is at step {state['step']}, max_steps is {cfg.max_steps}: nothing to do")
+        if cfg.num_train_epochs is None and _nothing_to_do(state, ckpt, cfg, resume, env):
+            return ckpt
+    model = _load_model(cfg, out, opened, env)
+    buckets = {}  # {stage: [(name, lower length, rows, data_meta)]}, one file's buckets after another
+    for s, data in stage_data.items():
+        buckets[s] = [(*b, meta[s][name]) for name, ds in data.items()
+                      for b in make_buckets({name: ds}, model.tokenizer, cfg.length_edges)]
+    if cfg.num_train_epochs is not None:  # max_steps from the unified stage's batches per epoch
+        _, los, rows, metas = zip(*buckets["unified"])
+        per_epoch = batches_per_epoch([len(r) for r in rows], _batch_sizes("unified", los, metas, cfg),
+                                      env.world_size, cfg.drop_last)
+        unified = math.ceil(cfg.num_train_epochs * per_epoch / cfg.grad_accum)
+        cfg = dataclasses.replace(cfg, max_steps=stage_start("unified", cfg) + max(1, unified))
+        if env.master:
+            print(f"num_train_epochs={cfg.num_train_epochs:g}: {per_epoch} batches per epoch, max_steps={cfg.max_steps}",
+                  file=sys.stderr)
+        if opened is not None and _nothing_to_do(state, ckpt, cfg, resume, env):
+            return ckpt
+    if opened is not None:
         note = _schedule_note(state, cfg, ckpt)
         if note and env.master:
             warnings.warn(note, M3Warning)
-    model = _load_model(cfg, out, opened, env)
-    buckets = {s: make_buckets(d, model.tokenizer, cfg.length_edges) for s, d in stage_data.items()}
 
     decoder = None
     if cfg.retromae_steps > 0:  # its decoder is trained in stage 0 only, and never saved in final/
@@ -445,9 +566,13 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     step, stage, sampler, sampler_state = 0, None, None, None
     if opened is not None:
         optim = opened["optim"]
+        if optim is None and env.master:  # final/ of a finished run, continued to a larger max_steps
+            warnings.warn(f"{ckpt} holds the model only (no optimizer state, no RNG state): AdamW's moments "
+                          f"start from zero at step {state['step']}", M3Warning)
         try:
-            optimizer.load_state_dict(optim["optimizer"])
-            if scaler is not None and optim.get("scaler"):
+            if optim is not None:
+                optimizer.load_state_dict(optim["optimizer"])
+            if scaler is not None and optim is not None and optim.get("scaler"):
                 scaler.load_state_dict(optim["scaler"])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise M3Error(f"{ckpt / 'optimizer.pt'}: does not fit this run's parameters ({first_line(exc)}); "
@@ -474,10 +599,14 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         nonlocal last_good
         trainer = {"step": step, "stage": stage, "sampler": sampler.state_dict(), "world_size": env.world_size,
                    "lr": lr_at(step, cfg), "config": cfg.to_dict()}  # the schedule is lr_at(step)
-        optim = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None}
-        extra = {DECODER_FILE: decoder.state_dict()} if decoder is not None and path.name != "final" else None
+        final = path.name == "final"  # the model only: no optimizer, RNG or decoder state
+        optim = None if final else {"optimizer": optimizer.state_dict(),
+                                    "scaler": scaler.state_dict() if scaler is not None else None}
+        extra = {DECODER_FILE: decoder.state_dict()} if decoder is not None and not final else None
         try:
             save_checkpoint(path, model, trainer, optim, env, extra)
+            if not final:
+                rotate_checkpoints(path, cfg.save_total_limit, env)
         except M3Error as exc:
             raise M3Error(f"step {step}: {exc}; stopped. Last good checkpoint: {last_good or 'none'}") from None
         last_good = path
@@ -486,16 +615,13 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         while step < cfg.max_steps:
             if stage != stage_at(step, cfg):  # a new stage: its own sampler
                 stage = stage_at(step, cfg)
-                _, los, rows = zip(*buckets[stage])
-                table = {"retromae": cfg.retromae_batch_size, "dense": cfg.dense_batch_size,
-                         "unified": cfg.batch_size}[stage]
+                _, los, rows, metas = zip(*buckets[stage])
                 seed = cfg.seed + {"dense": 0, "unified": 1, "retromae": 2}[stage]
-                sampler = BucketSampler([len(r) for r in rows], [batch_size_for(lo, table) for lo in los],
+                sampler = BucketSampler([len(r) for r in rows], _batch_sizes(stage, los, metas, cfg),
                                         env.world_size, env.rank, seed, cfg.drop_last)
                 if sampler_state and stage in sampler_state:
                     sampler.load_state_dict(sampler_state[stage])
-            m3 = cfg.m3.replace(unified=stage == "unified")
-            G = cfg.group_size if stage == "unified" else 1  # stage 1: pairs, in-batch negatives only
+            m3 = cfg.m3.replace(unified=stage == "unified" and cfg.m3.unified)
             sums, n_queries, t0 = {}, 0, time.time()
             for micro in range(cfg.grad_accum):
                 batch = next(sampler)
@@ -505,11 +631,17 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
                         texts = [rows[batch.bucket][i]["pos"][0] for i in batch.indices]
                         losses = _retromae_step(model, decoder, texts, cfg, step, micro, env.rank)
                     else:
-                        queries, passages, teacher = groups_of(rows[batch.bucket], batch, G, cfg.seed)
+                        data, info = rows[batch.bucket], metas[batch.bucket]
+                        # stage 1: pairs, in-batch negatives only; stage 2: G by the file's type
+                        G = group_size_for(info, data, batch, cfg.group_size) if stage == "unified" else 1
+                        queries, passages, teacher = groups_of(data, batch, G, cfg.seed)
+                        queries, passages = instructed(queries, passages, [data[i].get("prompt") for i in batch.indices],
+                                                       info["type"], cfg)
                         losses = model.training_loss(
                             queries, passages, m3, step - stage_start(stage, cfg), teacher if cfg.teacher_kd else None,
                             cfg.query_max_len, cfg.passage_max_len, cfg.sub_batch_size,
-                            checkpoint_sub_batches=cfg.gradient_checkpointing == "sub_batch")
+                            checkpoint_sub_batches=cfg.gradient_checkpointing == "sub_batch",
+                            **({"in_batch_negatives": False} if stage == "unified" and info["local"] else {}))
                 loss = losses["L_final"] / cfg.grad_accum
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 for k in LOSS_KEYS:
@@ -558,6 +690,19 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
     return out / "final"
 
 
+def _batch_sizes(stage: str, los, metas, cfg: TrainConfig) -> list:
+    """Per-rank batch size of each bucket of a stage: its table's size for the bucket's lower
+    length, halved (at least 1) for a `symmetric*` file in the contrastive stages (official)."""
+    table = {"retromae": cfg.retromae_batch_size, "dense": cfg.dense_batch_size, "unified": cfg.batch_size}[stage]
+    sizes = []
+    for lo, info in zip(los, metas):
+        size = batch_size_for(lo, table)
+        if stage != "retromae" and "symmetric" in (info.get("type") or ""):
+            size = max(1, size // 2)
+        sizes.append(size)
+    return sizes
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -577,32 +722,182 @@ def _retromae_step(model: M3Model, decoder: RetroMAEDecoder, texts: list, cfg: T
 
 
 def _tensorboard(out: Path):
+    """A SummaryWriter on OUTPUT_DIR/tb; `tensorboard: true` without the package is a warning."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional
+    except ImportError:  # the optional extra
+        warnings.warn("tensorboard: true, but the tensorboard package is not installed (pip install "
+                      "'m3ref[tensorboard]'): the losses go to train_log.jsonl only", M3Warning)
         return None
     return SummaryWriter(str(out / "tb"))
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m m3ref.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
-    ap.add_argument("--model", help="checkpoint directory or hub id (overrides the config)")
-    ap.add_argument("--train-data", nargs="+", help="JSONL files, directories or hub datasets")
-    ap.add_argument("--output-dir")
-    ap.add_argument("--max-steps", type=int)
-    ap.add_argument("--save-every", type=int)
+# ----------------------------------------------------------------------------- command line
+# Official FlagEmbedding argument names (python -m FlagEmbedding.finetune.embedder.encoder_only.m3)
+# that m3ref spells differently: official name -> TrainConfig field, or "m3.<M3Config field>".
+# Names that are the same in both (train_data, query_max_len, passage_max_len, warmup_ratio,
+# num_train_epochs, fix_encoder, output_dir, max_steps, weight_decay, seed, sub_batch_size,
+# gradient_checkpointing, save_total_limit, max_grad_norm, query_instruction_for_retrieval,
+# temperature, kd_loss_type, colbert_dim, normalize_embeddings, self_distill_start_step, ...)
+# are flags already.
+OFFICIAL_NAMES = {
+    "model_name_or_path": "model", "train_group_size": "group_size", "learning_rate": "lr",
+    "per_device_train_batch_size": "batch_size", "knowledge_distillation": "teacher_kd",
+    "save_steps": "save_every", "gradient_accumulation_steps": "grad_accum", "dataloader_drop_last": "drop_last",
+    "unified_finetuning": "m3.unified", "use_self_distill": "m3.self_distill",
+    "sentence_pooling_method": "m3.pooling",
+}
+# Official arguments with no m3ref counterpart, accepted so that a command carries over, with the
+# value that changes nothing; any other value gives a warning.
+OFFICIAL_IGNORED = {
+    "logging_steps": (None, "m3ref logs every step to train_log.jsonl"),
+    "cache_dir": (None, "models come from the Hugging Face cache (HF_HOME)"),
+    "cache_path": (None, "the data cache is the datasets library's (HF_DATASETS_CACHE)"),
+    "overwrite_output_dir": (None, "a run writes its own checkpoints; --resume continues one"),
+    "pad_to_multiple_of": (None, "m3ref pads each sub-batch to its longest text"),
+    "deepspeed": (None, "m3ref runs plain DDP-style data parallelism under torchrun (ZeRO stage 0)"),
+    "same_dataset_within_batch": (True, "m3ref always draws a batch from one file"),
+    "small_threshold": (0, "files are never merged"), "drop_threshold": (0, "files are never dropped"),
+    "shuffle_ratio": (0, "the positive-passage shuffling augmentation is not implemented"),
+    "dataloader_num_workers": (None, "batches are built in the training process"),
+    "fp16_opt_level": (None, "not used"), "ddp_find_unused_parameters": (None, "not used"),
+}
+
+
+def _field_help(cls) -> dict:
+    """{field: its comment in the dataclass source}: the text of --help."""
+    import inspect
+    notes, comment = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            if not text.startswith("# ---"):  # a section heading
+                comment.append(text.lstrip("# ").strip())
+            continue
+        m = re.match(r"(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", text)
+        if m and line.startswith("    ") and not line.startswith("     "):
+            notes[m.group(1)] = " ".join(comment + ([m.group(2)] if m.group(2) else []))
+        if not text.startswith("#"):
+            comment = []
+    return notes
+
+
+def _bool(text: str) -> bool:
+    value = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}.get(str(text).lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def _value(text: str):
+    """A flag's value read as YAML (numbers, true/false, null, [lists], {maps}); "none" is null too."""
+    import yaml
+    if text.lower() == "none":
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _optional_str(text: str):
+    return None if text.lower() in ("null", "none") else text
+
+
+def _names(name: str) -> list:
+    """--name and, when it has an underscore, --name-with-dashes."""
+    return [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, generated from the dataclasses: a flag per TrainConfig field (--max_steps or
+    --max-steps), a flag per M3Config field both nested (--m3.temperature) and flat
+    (--temperature: no M3Config field has a TrainConfig field's name), and the official
+    FlagEmbedding names as aliases (OFFICIAL_NAMES, --negatives_cross_device, --fp16/--bf16,
+    --report_to; OFFICIAL_IGNORED are accepted). A flag overrides the config file."""
+    from .config import DATA_FIELDS, M3Config
+    prog = "m3ref-train" if os.path.basename(sys.argv[0]) == "m3ref-train" else "python -m m3ref.train"
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                 epilog="Boolean flags take true/false or stand alone (= true). Values are read as "
+                                        "YAML: --batch_size '{0: 4, 1000: 2}', --m3.ensemble_weights '[1, 0.3, 1]'.")
+    ap.add_argument("--config", help="YAML file of TrainConfig fields, or the name of a shipped config "
+                                     "(tiny, bge-m3-gpu, bge-m3-paper-gpu); without it the TrainConfig defaults")
     ap.add_argument("--resume", nargs="?", const="latest", metavar="latest|auto|CHECKPOINT_DIR",
                     help="resume from the newest usable checkpoint of the output dir (latest, the default), "
                          "from it if there is one and else start a new run (auto: for requeue scripts), "
                          "or from a checkpoint directory")
+    aliases = {}
+    for official, target in OFFICIAL_NAMES.items():
+        aliases.setdefault(target, []).append(official)
+    train_fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "m3"]
+    m3_fields = [f for f in dataclasses.fields(M3Config)]
+    clash = {f.name for f in train_fields} & {f.name for f in m3_fields}
+    assert not clash, f"flat --m3 flags would be ambiguous: {clash}"
+    groups = {"": ap.add_argument_group("training (TrainConfig)"),
+              "m3.": ap.add_argument_group("the objective and the dense vector (M3Config; --m3.NAME or --NAME)")}
+    for prefix, fields, notes in (("", train_fields, _field_help(TrainConfig)), ("m3.", m3_fields, _field_help(M3Config))):
+        for f in fields:
+            names = ([f"--m3.{f.name}"] if prefix else []) + _names(f.name)
+            for official in aliases.get(prefix + f.name, []):
+                names += _names(official)
+            kwargs = {"dest": prefix + f.name, "default": None, "help": notes.get(f.name, "").replace("%", "%%")}
+            if f.type == "bool":
+                kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
+            elif "bool" in f.type:  # gradient_checkpointing: true/false/layer/sub_batch
+                kwargs.update(nargs="?", const=True, type=_value)
+            elif f.name in DATA_FIELDS:
+                kwargs.update(nargs="+", type=str, metavar="PATH")
+            elif f.type in ("str", "Optional[str]"):
+                kwargs.update(type=_optional_str if f.type.startswith("Optional") else str)
+            else:
+                kwargs.update(type=_value)
+            groups[prefix].add_argument(*names, **kwargs)
+    official = ap.add_argument_group("official FlagEmbedding arguments without a field of the same name")
+    official.add_argument("--negatives_cross_device", "--negatives-cross-device", nargs="?", const=True, type=_bool,
+                          metavar="BOOL", help="true = --m3.cross_device dense (the official choice), false = none")
+    official.add_argument("--fp16", nargs="?", const=True, type=_bool, metavar="BOOL", help="= --precision fp16")
+    official.add_argument("--bf16", nargs="?", const=True, type=_bool, metavar="BOOL", help="= --precision bf16")
+    official.add_argument("--report_to", "--report-to", nargs="+", metavar="NAME",
+                          help="tensorboard turns on --tensorboard; none (or anything else) turns it off")
+    for name, (_, why) in OFFICIAL_IGNORED.items():
+        official.add_argument(*_names(name), dest=f"ignored.{name}", default=None, nargs="?", const=True,
+                              type=_value, metavar="VALUE", help=f"accepted, no effect: {why}")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed flags: the config file (or the defaults), then every flag given."""
+    values = vars(args)
+    top, m3 = {}, {}
+    for key, value in values.items():
+        if value is None or key in ("config", "resume", "negatives_cross_device", "fp16", "bf16", "report_to") \
+                or key.startswith("ignored."):
+            continue
+        if key.startswith("m3."):
+            m3[key[3:]] = value
+        elif isinstance(value, list) and key != "length_edges" and key != "retromae_mask":
+            top[key] = value[0] if len(value) == 1 else value  # data paths: one or several
+        else:
+            top[key] = value
+    if values["negatives_cross_device"] is not None:
+        m3.setdefault("cross_device", "dense" if values["negatives_cross_device"] else "none")
+    for flag in ("fp16", "bf16"):
+        if values[flag]:
+            top.setdefault("precision", flag)
+    if values["report_to"] is not None:
+        top.setdefault("tensorboard", "tensorboard" in values["report_to"])
+    for name, (noop, why) in OFFICIAL_IGNORED.items():
+        value = values[f"ignored.{name}"]
+        if value is not None and noop is not None and value != noop:
+            warnings.warn(f"--{name} {value}: not supported ({why}); ignored", M3Warning)
+    return load_config(args.config, m3=m3 or None, **top)
+
+
+def main(argv=None) -> None:
+    ap = build_parser()
     args = ap.parse_args(argv)
     with cli_errors():
-        if not os.path.isfile(args.config):
-            raise M3Error(f"no config file at {args.config}")
-        cfg = load_config(args.config, model=args.model, train_data=(args.train_data[0] if args.train_data and len(args.train_data) == 1 else args.train_data),
-                          output_dir=args.output_dir,
-                          max_steps=args.max_steps, save_every=args.save_every)
+        cfg = config_from_args(args)
         final = train(cfg, args.resume)
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"saved {final}", file=sys.stderr)
