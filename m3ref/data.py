@@ -26,8 +26,10 @@ _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 def is_hub_id(name: str) -> bool:
-    """Does `name` read as a hub id (``BAAI/bge-m3``, ``xlm-roberta-large``) rather than a
-    local path? Paths start with ``.``, ``/`` or ``~``, or have a parent directory that exists."""
+    """Does `name` read as a hub id (``BAAI/bge-m3``, or ``xlm-roberta-large`` without an owner)
+    rather than a local path? Local paths start with ``.``, ``/`` or ``~``, have more than one
+    ``/``, or have a first folder that exists (``runs/x`` when ``runs/`` is there); a missing
+    one is then a one-line error naming it, never a hub request."""
     name = str(name)
     if name.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name):
         return False

@@ -867,6 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed flags: the config file (or the defaults), then every flag given."""
+    from .config import DATA_FIELDS
     values = vars(args)
     top, m3 = {}, {}
     for key, value in values.items():
@@ -875,7 +876,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             continue
         if key.startswith("m3."):
             m3[key[3:]] = value
-        elif isinstance(value, list) and key != "length_edges" and key != "retromae_mask":
+        elif key in DATA_FIELDS:
             top[key] = value[0] if len(value) == 1 else value  # data paths: one or several
         else:
             top[key] = value
