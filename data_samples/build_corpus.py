@@ -820,11 +820,22 @@ def draw_negatives(rows: list[Item], queries: list[Item], candidates: list[list[
 def write_training(out: Path, desc: dict, pages: dict, split_of: dict, page_split: dict, tokenizer,
                    count: TokenCounter, jobs: int, manifest: dict) -> None:
     """train/unsup (summary -> description, translation -> English) and train/finetune (BM25
-    negatives, ranked in `jobs` worker processes while the unsup files are written)."""
-    train = {f"ft-{lang}": [it for it in rows if split_of[it.group] == "train"] for lang, rows in desc.items()}
-    train.update({f"man-{lang}": [it for it in rows if page_split[it.group] == "train"]
-                  for lang, rows in pages.items()})
+    negatives, ranked in `jobs` worker processes while the unsup files are written).
+
+    Training items come from training groups, minus those whose query or passage equals (after
+    `norm`) an evaluation query or passage of the same language from the other source (a manual
+    page's NAME line can be a package summary: "archiving utility")."""
+    held_out = {(it.lang, norm(t)) for items, split in ((desc, split_of), (pages, page_split))
+                for rows in items.values() for it in rows if split[it.group] != "train" for t in (it.query, it.text)}
+    train, collisions = {}, {}
+    for prefix, items, split in (("ft", desc, split_of), ("man", pages, page_split)):
+        for lang, rows in items.items():
+            rows = [it for it in rows if split[it.group] == "train"]
+            kept = [it for it in rows if (lang, norm(it.query)) not in held_out
+                    and (lang, norm(it.text)) not in held_out]
+            train[f"{prefix}-{lang}"], collisions[f"{prefix}-{lang}"] = kept, len(rows) - len(kept)
     train = dict(sorted(train.items()))
+    manifest["dropped_as_eval_collisions"] = dict(sorted(collisions.items()))
     queries = {name: sorted(random.Random(f"{SEED}:{name}").sample(rows, min(FT_MAX_QUERIES, len(rows))),
                             key=lambda it: it.key) for name, rows in train.items()}
     jobs_ = [([(it.key, it.query, it.group) for it in queries[name]],

@@ -129,7 +129,9 @@ def make_archive(root: Path) -> dict:
         for i in range(14 if lang == "en" else 11):
             n_paras = 30 if i == 0 else 3  # one long page: a higher length bucket
             body = [words(rng, vocab, 25) + "." for _ in range(n_paras)]
-            text = page(f"tool{i}", 1, words(rng, vocab, 4), body, lang)
+            # pages 2-7 have a package's summary as NAME description: no query on both sides
+            query = pk[18 + i][lang][0] if 2 <= i < 8 else words(rng, vocab, 4)
+            text = page(f"tool{i}", 1, query, body, lang)
             (folder / f"tool{i}.1.gz").write_bytes(gzip.compress(text.encode(), mtime=0))
         (folder / "alias.1").write_text(".so man1/tool1.1\n", encoding="utf-8")
     return {p["name"]: p for p in pk}
