@@ -320,7 +320,8 @@ def read_translation(path: Path, ddtp: str) -> dict[tuple[str, str], tuple[str, 
         desc = para.get(f"Description-{ddtp}")
         if not desc or "Package" not in para or "Description-md5" not in para:
             raise M3Error(f"{path}: paragraph without Package, Description-md5 or Description-{ddtp}")
-        out[(para["Package"][0], para["Description-md5"][0])] = (desc[0], format_description(desc[1:]))
+        summary = " ".join(desc[0].split())  # one line without tabs: it goes into TSV topics
+        out[(para["Package"][0], para["Description-md5"][0])] = (summary, format_description(desc[1:]))
     return out
 
 
@@ -862,27 +863,22 @@ def write_training(out: Path, desc: dict, pages: dict, split_of: dict, page_spli
 
 # --------------------------------------------------------------------------- evaluation files
 
-def write_text(path: Path, lines, gz: bool = False) -> int:
-    """Write lines (each ending in a newline) atomically; gzip without name or time stamp."""
+def write_text(path: Path, lines, gz: bool = False) -> None:
+    """Write lines (each ending in a newline); gzip without file name or time stamp. (The whole
+    build is written under DIR.partial and renamed at the end, so no file needs its own rename.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, n = path.with_name(f".{path.name}.tmp"), 0
-    with open(tmp, "wb") as raw:
-        f = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) if gz else raw
-        for line in lines:
-            f.write(line.encode("utf-8"))
-            n += 1
-        if gz:
-            f.close()
-    os.replace(tmp, path)
-    return n
+    with open(path, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) if gz else raw as f:
+            for line in lines:
+                f.write(line.encode("utf-8"))
 
 
-def jsonl(rows) -> list[str]:
-    return [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+def jsonl(rows):
+    return (json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def trec(pairs) -> list[str]:
-    return [f"{qid}\tQ0\t{docid}\t1\n" for qid, docid in pairs]
+def trec(pairs):
+    return (f"{qid}\tQ0\t{docid}\t1\n" for qid, docid in pairs)
 
 
 def eval_stats(queries: list[Item], corpus_size: int, count: TokenCounter, positives=None) -> dict:
