@@ -902,8 +902,10 @@ def write_miracl(root: Path, desc: dict, split_of: dict, count: TokenCounter) ->
         base = root / f"miracl-v1.0-{lang}"
         for split in SPLITS:
             qs = sorted((it for it in rows if split_of[it.group] == split), key=lambda it: it.key)
-            write_text(base / f"topics/topics.miracl-v1.0-{lang}-{split}.tsv", (f"{it.key}\t{it.query}\n" for it in qs))
-            write_text(base / f"qrels/qrels.miracl-v1.0-{lang}-{split}.tsv", trec((it.key, it.docid) for it in qs))
+            write_text(base / f"topics/topics.miracl-v1.0-{lang}-{split}.tsv",
+                       (f"{it.key}\t{it.query}\n" for it in qs))
+            write_text(base / f"qrels/qrels.miracl-v1.0-{lang}-{split}.tsv",
+                       trec((it.key, it.docid) for it in qs))
             stats.setdefault(lang, {})[split] = eval_stats(qs, len(corpus), count)
     return stats
 
@@ -932,7 +934,8 @@ def write_mkqa(root: Path, desc: dict, split_of: dict, count: TokenCounter, mask
                         key=lambda it: it.key)
             write_text(root / f"MKQA_{split}-data/{code}.jsonl",
                        jsonl({"id": it.key, "question": it.query, "answers": []} for it in qs))
-            write_text(root / f"qrels/qrels.mkqa-{code}-{split}.tsv", trec((it.key, english[it.key].docid) for it in qs))
+            write_text(root / f"qrels/qrels.mkqa-{code}-{split}.tsv",
+                       trec((it.key, english[it.key].docid) for it in qs))
             stats.setdefault(lang, {})[split] = eval_stats(qs, len(corpus), count,
                                                            [english[it.key].text for it in qs])
     return stats
@@ -1033,7 +1036,8 @@ def build(args) -> dict:
     dropped = {"descriptions": drop_small_languages(desc, args.min_test),
                "manual_pages": drop_small_languages(pages, args.min_test)}
     if "en" not in desc:
-        raise M3Error(f"{files['translations']['en']}: fewer than {2.5 * args.min_test:g} English descriptions kept")
+        raise M3Error(f"{files['translations']['en']}: fewer than {2.5 * args.min_test:g} English "
+                      "descriptions kept")
     near = {"descriptions": group_items(desc, sources), "manual_pages": group_items(pages, {})}
     split_of, page_split = assign_splits(desc, args.min_test), assign_splits(pages, args.min_test)
     log("grouped near-duplicates and source siblings, assigned splits")

@@ -4,8 +4,9 @@ The fixture archive is written by `make_archive`: a Release file, a Packages fil
 -de and -ja files and a few synthetic manual pages (English and German), laid out like the
 builder's cache, and built with ``--offline --min-test 3``. Its packages cover each rule: source
 siblings, near-duplicate and identical descriptions across sources, short descriptions, a
-transitional package, duplicate summaries, an untranslated "translation", Japanese summaries with
-and without Latin product names, a `.so` redirect page and pages shared by both languages.
+transitional package, duplicate summaries, an untranslated "translation", German and Japanese
+summaries with and without the package name, a `.so` redirect page, pages shared by both languages
+and pages whose NAME description is a package summary.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def control(para: dict) -> str:
 
 
 def packages(rng) -> list[dict]:
-    """Package records: name, source, English (summary, long), optional de and ja."""
+    """Package records: name, source, English and German (summary, long), optional Japanese."""
     pk = []
 
     def add(name, source=None, summary=None, long=None, ja=None):
@@ -114,8 +115,9 @@ def make_archive(root: Path) -> dict:
     paras = {"Packages": [], "Translation-en": [], "Translation-de": [], "Translation-ja": []}
     for p in pk:
         md5 = hashlib.md5("\n".join(p["en"]).encode()).hexdigest()
-        paras["Packages"].append(control({"Package": p["name"], **({"Source": p["source"]} if p["source"] != p["name"] else {}),
-                                          "Version": "1.0-1", "Description": p["en"][0], "Description-md5": md5}))
+        source = {"Source": p["source"]} if p["source"] != p["name"] else {}
+        paras["Packages"].append(control({"Package": p["name"], **source, "Version": "1.0-1",
+                                          "Description": p["en"][0], "Description-md5": md5}))
         for lang in ("en", "de", "ja"):
             if p[lang]:
                 paras[f"Translation-{lang}"].append(control({
@@ -279,7 +281,8 @@ def test_name_masked(built):
         for lang in ("de", "ja"):
             masked = jsonl(out / f"eval-name-masked/mkqa/MKQA_{split}-data/{lang}.jsonl")
             full = jsonl(out / f"eval/mkqa/MKQA_{split}-data/{lang}.jsonl")
-            qrels = dict(l.split("\t")[0::2] for l in read_lines(out / f"eval-name-masked/mkqa/qrels/qrels.mkqa-{lang}-{split}.tsv"))
+            qrels_file = out / f"eval-name-masked/mkqa/qrels/qrels.mkqa-{lang}-{split}.tsv"
+            qrels = dict(line.split("\t")[0::2] for line in read_lines(qrels_file))
             assert {r["id"] for r in masked} <= {r["id"] for r in full} and set(qrels) == {r["id"] for r in masked}
             for r in masked:
                 assert not tokens(r["question"]) & (tokens(corpus[qrels[r["id"]]]) | tokens(r["id"]))
