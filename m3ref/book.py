@@ -37,10 +37,12 @@ def quiet():
 
 
 def _fingerprint(seed: int) -> str:
-    """Hash of everything the tiny model is built from (sample texts, shipped tokenizer, builder code)."""
-    from . import tiny
+    """Hash of everything the tiny model is built from (sample texts, shipped tokenizer, the builder,
+    and the model and config code that set the heads and the files written)."""
+    from . import config, model, tiny
     h = hashlib.sha256(f"{seed}{tiny.texts_digest()}".encode())
-    for path in sorted(glob.glob(os.path.join(tiny.TOKENIZER_DIR, "*"))) + [tiny.__file__]:
+    for path in sorted(glob.glob(os.path.join(tiny.TOKENIZER_DIR, "*"))) + [tiny.__file__, model.__file__,
+                                                                            config.__file__]:
         with open(path, "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]

@@ -73,6 +73,12 @@ class M3Config:
     cross_device: str = "dense"
     # Output size of the ColBERT projection. -1 keeps the encoder's hidden size, as BGE-M3 does.
     colbert_dim: int = -1
+    # A fresh lexical head starts with W_lex = 0 and this bias: every token weighs the same, and
+    # s_lex begins as a count of shared tokens (x bias^2, so s_lex / tau stays small). With
+    # PyTorch's default init (None, as FlagEmbedding's fresh heads), s_lex / tau starts in the
+    # hundreds, the first steps push every pre-activation below 0 and the ReLU head dies
+    # (FlagEmbedding #982; book ch. 12). Heads loaded from a checkpoint keep their weights.
+    sparse_init_bias: Optional[float] = 0.1
     # The dense vector: "cls" pooling and L2 normalisation are M3's definition (Eq. 1) and the
     # official defaults; "mean" / "last_token" and normalize_embeddings=False are the official
     # `sentence_pooling_method` / `normalize_embeddings` alternatives. `save_pretrained`
@@ -105,6 +111,8 @@ class M3Config:
             raise M3Error(f"colbert_dim must be an integer (-1: the encoder's width), got {self.colbert_dim!r}")
         if self.mcls_stride is not None and not (_is_int(self.mcls_stride) and self.mcls_stride >= 1):
             raise M3Error(f"mcls_stride must be None (off) or an integer >= 1, got {self.mcls_stride!r}")
+        if self.sparse_init_bias is not None and not (_is_number(self.sparse_init_bias) and self.sparse_init_bias > 0):
+            raise M3Error(f"sparse_init_bias must be a number > 0 or None (PyTorch's init), got {self.sparse_init_bias!r}")
         if self.pooling not in POOLING:
             raise M3Error(f"pooling must be one of {', '.join(POOLING)}, got {self.pooling!r}")
         for name in ("unified", "self_distill", "colbert_max_over_padding", "normalize_embeddings"):

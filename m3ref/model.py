@@ -81,6 +81,9 @@ class M3Model(nn.Module):
         self.st_config = None  # config_sentence_transformers.json of the loaded checkpoint (its prompts)
         self.colbert_linear = nn.Linear(hidden, hidden if config.colbert_dim <= 0 else config.colbert_dim)
         self.sparse_linear = nn.Linear(hidden, 1)
+        if config.sparse_init_bias is not None:  # every token starts at weight sparse_init_bias
+            nn.init.zeros_(self.sparse_linear.weight)
+            nn.init.constant_(self.sparse_linear.bias, config.sparse_init_bias)
         tok = tokenizer
         # The id that ends a text: </s> for XLM-R, [SEP] for BERT-style tokenizers (no eos).
         self.eos_id = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id

@@ -46,12 +46,19 @@ def sample_texts(source_dir: str = SOURCE_DIR) -> list:
 
 @functools.lru_cache(maxsize=4)
 def _train_tokenizer(vocab_size: int, source_dir: str) -> str:
-    """Train the Unigram model once per process; returns its JSON."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
+    """Train the Unigram model on the sample texts once per process; returns its JSON."""
     texts = sample_texts(source_dir)
     if not texts:
         raise FileNotFoundError(f"no sample texts in {source_dir}")
+    return train_tokenizer(texts, vocab_size)
+
+
+def train_tokenizer(texts, vocab_size: int) -> str:
+    """A SentencePiece-style Unigram tokenizer with XLM-R's special ids, trained on `texts`;
+    returns its JSON. (The `tokenizers` trainer is not deterministic across processes: ship
+    the result rather than retrain it.)"""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
     tok = Tokenizer(models.Unigram())
     # NFKC, and any run of whitespace (newlines too) is one space, as XLM-R's SentencePiece does.
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
@@ -107,14 +114,17 @@ def build_tokenizer(out_dir: Optional[str] = None, vocab_size: int = 8000, sourc
 
 
 def build_tiny_model(out_dir: str, seed: int = 0, hidden_size: int = 128, num_layers: int = 2,
-                     num_heads: int = 4, tokenizer=None, initializer_range: float = 0.2):
+                     num_heads: int = 4, tokenizer=None, initializer_range: float = 0.2, dropout: float = 0.0):
     """Build, save (official layout) and return an untrained tiny M3 model.
 
-    `initializer_range` is 0.2, not XLM-R's 0.02. With 0.02, an untrained 2-layer encoder's
-    [CLS] state is almost only its position embedding: every text gets the same dense vector
-    (cosine 0.9999) and the dense loss barely has a gradient. BGE-M3 starts from a pretrained
-    encoder, whose [CLS] depends on the input. With 0.2 the [CLS] of our stand-in does too
-    (mean pairwise cosine about 0.7 on the samples), so the dense head can learn from scratch.
+    `dropout` is 0, not XLM-R's 0.1: from random weights, a 0.1 dropout makes two passes of one
+    text as different as two different texts ([CLS] cosine 0.48 against 0.47), so the
+    contrastive loss cannot tell a positive from a negative and stalls at ln(batch size); with
+    0 the model memorises a batch within tens of steps (tests/test_model.py). BGE-M3 fine-tunes
+    a pretrained encoder, whose representation is far above the dropout noise.
+    `initializer_range` is 0.2, not XLM-R's 0.02, so that the untrained [CLS] state already
+    depends on the text (mean pairwise cosine about 0.7 on the samples, 1.0 with 0.02), which
+    makes the chapters' untrained examples readable; 0.02 trains as well.
     """
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
@@ -125,7 +135,8 @@ def build_tiny_model(out_dir: str, seed: int = 0, hidden_size: int = 128, num_la
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, intermediate_size=4 * hidden_size,
         max_position_embeddings=8194, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        layer_norm_eps=1e-5, initializer_range=initializer_range)
+        layer_norm_eps=1e-5, initializer_range=initializer_range, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     encoder = XLMRobertaModel(config, add_pooling_layer=False)
     model = M3Model(encoder, tokenizer)

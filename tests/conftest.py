@@ -24,18 +24,19 @@ def tiny_dir():
 
 @pytest.fixture()
 def tiny_model(tiny_dir):
-    """A fresh M3Model on CPU in eval mode (dropout off), loaded from `tiny_dir`."""
+    """A fresh M3Model on CPU in eval mode, loaded from `tiny_dir`."""
     from m3ref import M3Model
     return M3Model.from_pretrained(tiny_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def nodrop_dir(tiny_dir, tmp_path_factory):
-    """The tiny checkpoint with dropout 0, for exact gradient comparisons."""
-    path = tmp_path_factory.mktemp("nodrop") / "model"
+def dropout_dir(tiny_dir, tmp_path_factory):
+    """The tiny checkpoint with XLM-R's dropout 0.1 (the tiny model has none): for tests where
+    dropout masks, and so the restored RNG states, must be reproduced."""
+    path = tmp_path_factory.mktemp("dropout") / "model"
     shutil.copytree(tiny_dir, path)
     cfg = json.loads((path / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     (path / "config.json").write_text(json.dumps(cfg))
     return str(path)
 

@@ -94,9 +94,9 @@ def _loss_and_grads(model, sub_batch_size, checkpointing=False):
 
 
 @pytest.mark.parametrize("checkpointing", ["layer", "sub_batch"])
-def test_split_batch_with_checkpointing_equals_full_batch(nodrop_dir, checkpointing):
+def test_split_batch_with_checkpointing_equals_full_batch(tiny_dir, checkpointing):
     from m3ref import M3Model
-    model = M3Model.from_pretrained(nodrop_dir, device="cpu").train()
+    model = M3Model.from_pretrained(tiny_dir, device="cpu").train()
     full, g_full = _loss_and_grads(model, None)
     if checkpointing == "layer":
         enable_checkpointing(model)
@@ -111,10 +111,10 @@ def test_split_batch_with_checkpointing_equals_full_batch(nodrop_dir, checkpoint
         torch.testing.assert_close(g_split[name], g, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_split_batch_sorts_by_length_and_keeps_input_order(nodrop_dir):
+def test_split_batch_sorts_by_length_and_keeps_input_order(tiny_dir):
     from m3ref import M3Model
     from m3ref.batching import split_batch_forward
-    model = M3Model.from_pretrained(nodrop_dir, device="cpu").eval()
+    model = M3Model.from_pretrained(tiny_dir, device="cpu").eval()
     texts = ["short", "a much longer text with many more words than the others in the batch", "mid length text here",
              "tiny", "another fairly long text, though not the longest of them all"]
     batch = model.collate(model.tokenize(texts, 64))

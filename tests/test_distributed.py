@@ -102,16 +102,16 @@ def _worker(rank, port, model_dir, out_dir):
 
 
 @pytest.fixture(scope="module")
-def two_rank_results(nodrop_dir, tmp_path_factory):
+def two_rank_results(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(_free_port(), nodrop_dir, str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), tiny_dir, str(out)), nprocs=WORLD, join=True)
     return torch.load(out / "rank0.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("scenario", ["dense_only", "all_modes", "all_modes_m3_kd", "all_modes_kl_div"])
-def test_two_ranks_equal_one_process_with_the_whole_batch(scenario, two_rank_results, nodrop_dir):
+def test_two_ranks_equal_one_process_with_the_whole_batch(scenario, two_rank_results, tiny_dir):
     from m3ref import M3Model
-    model = M3Model.from_pretrained(nodrop_dir, device="cpu").double().train()
+    model = M3Model.from_pretrained(tiny_dir, device="cpu").double().train()
     full = _loss(model, QUERIES, PASSAGES, TEACHER, scenario)
     full["L_final"].backward()
     got = two_rank_results[scenario]
@@ -124,10 +124,10 @@ def test_two_ranks_equal_one_process_with_the_whole_batch(scenario, two_rank_res
 
 
 @pytest.mark.filterwarnings("ignore:.*truncated")
-def test_official_dense_cross_device_keeps_other_modes_local(two_rank_results, nodrop_dir):
+def test_official_dense_cross_device_keeps_other_modes_local(two_rank_results, tiny_dir):
     """cross_device="dense": L_dense sees all ranks' passages, L_lex / L_mul only this rank's."""
     from m3ref import M3Model
-    model = M3Model.from_pretrained(nodrop_dir, device="cpu").double().eval()
+    model = M3Model.from_pretrained(tiny_dir, device="cpu").double().eval()
     got, n = two_rank_results["official_dense"], len(QUERIES) // WORLD
     lengths = [max(map(len, model.tokenize([t for g in PASSAGES[i:i + n] for t in g], 24))) for i in (0, n)]
     assert lengths[0] != lengths[1]  # so "all_modes" padded colbert / lexical tensors before gathering
@@ -140,11 +140,11 @@ def test_official_dense_cross_device_keeps_other_modes_local(two_rank_results, n
 
 
 @pytest.mark.filterwarnings("ignore:.*truncated")
-def test_official_gather_gives_the_exact_gradient_over_world_size(two_rank_results, nodrop_dir):
+def test_official_gather_gives_the_exact_gradient_over_world_size(two_rank_results, tiny_dir):
     """FlagEmbedding's `_dist_gather_tensor` + loss over all queries on every rank: the same
     loss, and after averaging over ranks the exact gradient divided by W."""
     from m3ref import M3Model
-    model = M3Model.from_pretrained(nodrop_dir, device="cpu").double().train()
+    model = M3Model.from_pretrained(tiny_dir, device="cpu").double().train()
     full = _loss(model, QUERIES, PASSAGES, TEACHER, "dense_only")
     full["L_final"].backward()
     got = two_rank_results["official_gather"]

@@ -122,7 +122,7 @@ TRAINER_PATH = {"sub_batch_size": 2, "checkpoint_sub_batches": True}
 def test_training_loss_matches_the_official_training_model(tiny_dir, teacher, kd, path):
     ours = M3Model.from_pretrained(tiny_dir, device="cpu")
     theirs = official_training_model(ours, kd_loss_type=kd)
-    ours.train()  # the tiny config has dropout 0.1: switch it off for an exact comparison
+    ours.train()  # training mode, dropout off in both models for an exact comparison
     for m in list(ours.modules()) + list(theirs.modules()):
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0

@@ -76,8 +76,9 @@ def test_bad_config_and_bad_data_are_one_line_errors(toy_data, tiny_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_log_lines_and_resume_equals_uninterrupted(toy_data, tiny_dir, tmp_path):
-    """Dropout stays on (RNG states are restored); the checkpoint is mid-way in stage 2."""
+def test_log_lines_and_resume_equals_uninterrupted(toy_data, dropout_dir, tmp_path):
+    """Dropout is on (the RNG states are restored); the checkpoint is mid-way in stage 2."""
+    tiny_dir = dropout_dir
     a, b = tmp_path / "a", tmp_path / "b"
     final = train(_cfg(toy_data, tiny_dir, a))
     log = _log(a)
@@ -221,7 +222,7 @@ def test_logged_gradient_norm_covers_the_encoder_in_the_dense_stage(toy_data, ti
     assert all(r["grad_norm"] > 0 for r in _log(tmp_path))
 
 
-def test_the_trainer_computes_its_loss_through_training_loss(toy_data, nodrop_dir, tmp_path, monkeypatch):
+def test_the_trainer_computes_its_loss_through_training_loss(toy_data, tiny_dir, tmp_path, monkeypatch):
     """One path: the trainer's step is `M3Model.training_loss` with its split-batch settings, and
     that equals the plain call (one pass, no checkpointing) on the same batch."""
     from m3ref import M3Model
@@ -233,12 +234,12 @@ def test_the_trainer_computes_its_loss_through_training_loss(toy_data, nodrop_di
         return out
 
     monkeypatch.setattr(M3Model, "training_loss", record)
-    train(_cfg(toy_data, nodrop_dir, tmp_path, dense_steps=0, max_steps=1, save_every=0, sub_batch_size=2,
+    train(_cfg(toy_data, tiny_dir, tmp_path, dense_steps=0, max_steps=1, save_every=0, sub_batch_size=2,
                gradient_checkpointing="sub_batch"))
     (queries, passages, config, step, teacher, q_len, p_len, sub_batch), kwargs, logged = calls[0]
     assert sub_batch == 2 and kwargs == {"checkpoint_sub_batches": True}
     assert _log(tmp_path)[0]["L_final"] == pytest.approx(logged, rel=1e-12)
-    fresh = M3Model.from_pretrained(nodrop_dir, device="cpu").train()
+    fresh = M3Model.from_pretrained(tiny_dir, device="cpu").train()
     plain = real(fresh, queries, passages, config, step, teacher, q_len, p_len)
     assert plain["L_final"].item() == pytest.approx(logged, rel=1e-6)
 
