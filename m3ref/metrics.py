@@ -119,3 +119,33 @@ def paired_test(a: dict, b: dict, n_boot: int = 1000, n_perm: int = 10000, seed:
     p = (np.sum(np.abs((signs * diff).mean(1)) >= observed - 1e-12) + 1) / (n_perm + 1)
     low, high = bootstrap_ci(diff, n_boot, seed)
     return {"diff": float(diff.mean()), "ci": [low, high], "p": float(p), "queries": len(qids)}
+
+
+def chance(qrels: dict, n_docs: int, metric: str) -> float:
+    """Expected value of `metric` for a random ranking of `n_docs` documents, averaged over the
+    queries of `qrels` (binary relevance: grade >= 1): the floor every table is read against.
+
+    With R relevant documents among N, each rank holds a relevant one with probability R/N:
+    E[nDCG@k] = (R/N) sum_{i<=k} 1/log2(i+1) / IDCG@k, E[recall@k] = min(k, N)/N, and
+    success@k = 1 - C(N-R, k)/C(N, k) (no relevant document in k draws).
+    """
+    import math
+    kind, _, k = metric.lower().partition("@")
+    if kind not in ("ndcg", "recall", "success") or not k.isdigit():
+        raise M3Error(f"chance: no formula for {metric!r} (ndcg@k, recall@k, success@k)")
+    k, values = int(k), []
+    for docs in qrels.values():
+        r = sum(1 for g in docs.values() if int(g) >= 1)
+        if r == 0:
+            continue
+        top = min(k, n_docs)
+        if kind == "ndcg":
+            ideal = sum(1 / math.log2(i + 1) for i in range(1, min(r, k) + 1))
+            values.append(r / n_docs * sum(1 / math.log2(i + 1) for i in range(1, top + 1)) / ideal)
+        elif kind == "recall":
+            values.append(top / n_docs)
+        else:
+            values.append(1 - math.prod((n_docs - r - j) / (n_docs - j) for j in range(top)) if n_docs - r >= top else 1.0)
+    if not values:
+        raise M3Error("chance: no query has a relevant document")
+    return float(np.mean(values))

@@ -106,3 +106,15 @@ def test_paired_test_tells_a_real_difference_from_noise():
     assert noise["p"] > 0.5 and noise["ci"][0] < 0 < noise["ci"][1]
     with pytest.raises(M3Error, match="different queries"):
         paired_test(a, {"q0": 1.0})
+
+
+def test_chance_levels_by_hand():
+    from m3ref.metrics import chance
+    qrels = {"q": {"d1": 1, "d9": 0}}  # one relevant document among 4
+    # a random ranking puts d1 at each rank with probability 1/4: E[DCG@2] = (1 + 1/log2(3)) / 4, IDCG@2 = 1
+    assert chance(qrels, 4, "ndcg@2") == pytest.approx((1 + 1 / math.log2(3)) / 4)
+    assert chance(qrels, 4, "recall@2") == 0.5 and chance(qrels, 4, "recall@10") == 1.0
+    assert chance({"q": {"a": 1, "b": 1}}, 4, "success@2") == pytest.approx(1 - (2 / 4) * (1 / 3))  # 5/6
+    assert chance({"q": {"a": 1, "b": 1}}, 4, "success@3") == 1.0
+    with pytest.raises(M3Error, match="no formula"):
+        chance(qrels, 4, "map")
