@@ -153,20 +153,37 @@ def word_tokens(text: str) -> set[str]:
     return out
 
 
+_CJK_EDGE = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def join_wrapped(parts: list[str]) -> str:
+    """Join wrapped lines with a space, except between two Han/kana/CJK-punctuation characters
+    (Japanese and Chinese text is wrapped anywhere: "ゲー" + "ムです" is "ゲームです")."""
+    out = ""
+    for part in parts:
+        if out and not (_CJK_EDGE.match(out[-1]) and _CJK_EDGE.match(part[0])):
+            out += " "
+        out += part
+    return out
+
+
 def format_description(lines: list[str]) -> str:
     """Debian long description (control-file lines, leading space removed) -> text: " ." breaks a
     paragraph, indented lines and list items start a new line, wrapped lines are joined."""
     paras, cur = [], []
     for line in lines:
-        if line.strip() == ".":
+        line_text = " ".join(line.split())
+        if line_text == ".":
             paras.append(cur)
             cur = []
-        elif cur and not line.startswith(" ") and not re.match(r"[*+\-o•] ", line.lstrip()):
-            cur[-1] += " " + line.strip()
+        elif not line_text:
+            continue
+        elif cur and not line.startswith(" ") and not re.match(r"[*+\-o•] ", line_text):
+            cur[-1].append(line_text)
         else:
-            cur.append(line.strip())
+            cur.append([line_text])
     paras.append(cur)
-    return "\n".join(" ".join(p.split()) for para in paras for p in para if p.strip())
+    return "\n".join(join_wrapped(parts) for para in paras for parts in para)
 
 
 # --------------------------------------------------------------------------- apt
@@ -426,7 +443,7 @@ def roff_to_text(source: str) -> str | None:
 
     def flush():
         if line_buf:
-            out.append("  " + " ".join(line_buf))
+            out.append("  " + join_wrapped(line_buf))
             line_buf.clear()
     for raw in source.splitlines():
         line = re.sub(r'\\".*|\\#.*', "", raw)
