@@ -160,7 +160,7 @@ def join_wrapped(parts: list[str]) -> str:
     """Join wrapped lines with a space, except between two Han/kana/CJK-punctuation characters
     (Japanese and Chinese text is wrapped anywhere: "ゲー" + "ムです" is "ゲームです")."""
     out = ""
-    for part in parts:
+    for part in filter(None, parts):
         if out and not (_CJK_EDGE.match(out[-1]) and _CJK_EDGE.match(part[0])):
             out += " "
         out += part

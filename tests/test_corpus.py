@@ -348,6 +348,7 @@ ls \- list \fBdirectory\fR contents
 It\(aqs \(lqfine\(rq \[u00E9]t\(ga.
 .TP
 .BR \-a , " \-\-all"
+.I ""
 show all
 .nf
 int main(void);
@@ -360,6 +361,7 @@ one;two
 .TE
 """
     text = bc.roff_to_text(src)
+    assert bc.join_wrapped(["ゲー", "ムです", "", "Debian", "パッケージ"]) == "ゲームです Debian パッケージ"
     assert text.splitlines() == ["NAME", "  ls - list directory contents", "DESCRIPTION",
                                  "  It's “fine” ét`.", "  -a, --all show all", "  int main(void);",
                                  "  int exit(int);", "  one two"]
