@@ -14,18 +14,19 @@ The recipe of the paper (Sec. 3.4, Table 6; App. B.1), at the scale of a laptop:
 5. unified fine-tuning with 7 BM25 hard negatives, self-knowledge distillation and the long
    manual pages (`unified.yaml`).
 Each stage is one `m3ref.train` run that starts from the previous one's final checkpoint, with
-the data paths of its YAML file taken relative to CORPUS. The last checkpoint is written to
-`--out` (default data_samples/m3-mini) in the official BGE-M3 layout, weights in float16 (the
-loaders read them as float32), with `recipe.json`: the command, the configs, the corpus
-manifest's checksums, the m3ref source fingerprint, the CPU time of each stage.
-The evaluation table of the model card comes from `benchmarks/experiments/run_experiments.py`.
+the data paths of its YAML file taken relative to CORPUS: the experiments `retromae`, `dense`
+and `m3` (seed 0) of benchmarks/experiments/run_experiments.py, which trains them in the same
+place (`--runs-dir`) and reuses them. The last checkpoint is written to `--out` (default
+data_samples/m3-mini) in the official BGE-M3 layout, weights in float16 (the loaders read them
+as float32), with `recipe.json`: the command, the configs, the corpus manifest's checksums, the
+training-code fingerprint, the CPU time of each stage. The evaluation table of the model card
+comes from the experiments.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
-import resource
 import shutil
 import sys
 from pathlib import Path
@@ -36,8 +37,7 @@ sys.path.insert(0, str(ROOT))
 from m3ref.errors import M3Error, cli_errors  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "m3-mini"
-STAGES = ("retromae", "dense", "unified")
-DATA_KEYS = ("train_data", "dense_train_data", "retromae_data")
+RECIPE = ("retromae", "dense", "m3")  # the experiments of configs/experiments/ that make m3-mini, seed 0
 
 
 def corpus_texts(corpus: Path, per_language: int, seed: int = 0) -> list:
@@ -84,28 +84,6 @@ def build_init(out: Path, corpus: Path, model_cfg: dict, seed: int) -> None:
     (out / "tokenizer_texts.json").write_text(json.dumps({"texts": len(texts), "seed": seed}))
 
 
-def stage_config(stage: str, corpus: Path, work: Path, model: str, seed: int, overrides: dict):
-    """The TrainConfig of one stage: its YAML, data paths under `corpus`, output under `work`."""
-    import yaml
-    from m3ref.config import load_config
-
-    values = yaml.safe_load((CONFIGS / f"{stage}.yaml").read_text())
-    for key in DATA_KEYS:
-        if values.get(key):
-            paths = values[key] if isinstance(values[key], list) else [values[key]]
-            found = [str(f) for p in paths for f in (sorted(corpus.glob(p)) if "*" in p else [corpus / p])]
-            if not found:
-                raise M3Error(f"{CONFIGS / stage}.yaml: {key}: no file matches {paths} in {corpus}")
-            values[key] = found
-    values.update(model=model, output_dir=str(work / stage), seed=seed, **(overrides or {}).get(stage, {}))
-    return load_config(None, **values)
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def export(final: Path, out: Path, record: dict) -> None:
     """Copy the last checkpoint into `out`: inference files only, weights in float16."""
     import torch
@@ -129,48 +107,29 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", required=True, help="the output directory of data_samples/build_corpus.py")
     ap.add_argument("--out", default=str(HERE / "m3-mini"), help="where the trained model goes")
-    ap.add_argument("--work", default=str(ROOT / "runs" / "m3-mini"), help="checkpoints of every stage")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "experiments"),
+                    help="checkpoints of every stage (shared with benchmarks/experiments/run_experiments.py)")
     ap.add_argument("--gpu", action="store_true", help="the recipe's GPU sizes (configs/m3-mini/gpu.yaml)")
     args = ap.parse_args(argv)
     with cli_errors():
-        import yaml
-        corpus, work, out = Path(args.corpus), Path(args.work), Path(args.out)
+        sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+        import run_experiments as R
+        corpus, runs = Path(args.corpus).resolve(), Path(args.runs_dir).resolve()
         if not (corpus / "manifest.json").is_file():
             raise M3Error(f"{corpus}: no manifest.json; build the corpus first (data_samples/build_corpus.py)")
-        model_cfg = yaml.safe_load((CONFIGS / "model.yaml").read_text())
-        overrides = yaml.safe_load((CONFIGS / "gpu.yaml").read_text()) if args.gpu else {}
-        init = work / "init"
-        times = {}
-        if not (init / "config.json").is_file():
-            t0 = cpu_seconds()
-            build_init(init, corpus, model_cfg, args.seed)
-            times["init"] = round(cpu_seconds() - t0, 1)
-        from m3ref.train import train
-        model = str(init)
-        for stage in STAGES:
-            cfg = stage_config(stage, corpus, work, model, args.seed, overrides)
-            final = Path(cfg.output_dir) / "final"
-            t0 = cpu_seconds()
-            if not (final / "trainer_state.json").is_file():
-                train(cfg, resume="auto")
-            times[stage] = round(cpu_seconds() - t0, 1)
-            model = str(final)
+        exps = R.experiments()
+        R.init_model(runs, corpus)
+        records = {name: R.train(runs, corpus, name, exps[name], 0, args.gpu) for name in RECIPE}
         manifest = json.loads((corpus / "manifest.json").read_text())
         record = {"command": "python data_samples/build_m3_mini.py --corpus CORPUS" + (" --gpu" if args.gpu else ""),
-                  "seed": args.seed, "model": model_cfg,
-                  "stages": {s: yaml.safe_load((CONFIGS / f"{s}.yaml").read_text()) for s in STAGES},
-                  "gpu_overrides": overrides or None, "cpu_seconds_this_run": times,
+                  "model": R.load_yaml(CONFIGS / "model.yaml"),
+                  "stages": {name: {"experiment": exps[name], "train_config": rec["train_config"],
+                                    "steps": rec["steps"], "cpu_s": rec["train_cpu_s"], "wall_s": rec["train_wall_s"]}
+                             for name, rec in records.items()},
                   "corpus": {"archive": manifest["archive"], "inputs_sha256": manifest["inputs_sha256"]},
-                  "source": _source_fingerprint()}
-        export(Path(model), out, record)
-        print(f"saved {out}", file=sys.stderr)
-
-
-def _source_fingerprint() -> str:
-    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
-    import fingerprint
-    return fingerprint.fingerprint()["source"]
+                  "training_code": records["m3"]["training_code"]}
+        export(R.run_dir(runs, "m3", 0) / "final", Path(args.out), record)
+        print(f"saved {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

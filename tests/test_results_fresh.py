@@ -16,8 +16,8 @@ import fingerprint as FP  # noqa: E402
 
 pytestmark = [pytest.mark.experiments]
 
-WHAT = {"configs": "configs/experiments/*.yaml", "data": "data_samples/train or data_samples/eval",
-        "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py"}
+WHAT = {"configs": "configs/experiments/*.yaml or configs/m3-mini/*.yaml", "data": "data_samples/build_corpus.py",
+        "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py or data_samples/build_m3_mini.py"}
 
 
 def test_results_exist():

@@ -1,12 +1,16 @@
 """Fingerprint of what produced book/results/experiments.json.
 
 Four parts, each a SHA-256:
-- configs: every YAML file in configs/experiments/ (bytes);
-- data:    every file under data_samples/train/, data_samples/eval/ and data_samples/tokenizer/ (bytes);
+- configs: every YAML file in configs/experiments/ and configs/m3-mini/ (bytes);
+- data:    the corpus builder, data_samples/build_corpus.py (the corpus itself is built on the
+           user's machine; the results record its archive snapshot and input checksums);
 - source:  the .py files of the m3ref package that can change the numbers (all but the book
            helpers, the error types and the package's re-exports: NOT_NUMBERS), parsed, with
            docstrings removed, as `ast.dump` (edits to comments and docstrings do not count);
-- runner:  the .py files of benchmarks/experiments/, the same way.
+- runner:  the .py files of benchmarks/experiments/ and data_samples/build_m3_mini.py, the same way.
+
+`training_digest` is the part of the source that can change a trained checkpoint (all of it but
+the evaluation modules): the runner reuses a finished training run only when it is unchanged.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "python benchmarks/experiments/run_experiments.py"
 # m3ref modules that cannot change a trained model or a score: editing them needs no retraining.
 NOT_NUMBERS = ("m3ref/book.py", "m3ref/errors.py", "m3ref/__init__.py")
+# m3ref modules that only evaluate: editing them re-evaluates, but does not retrain.
+EVALUATION_ONLY = ("m3ref/evaluate.py", "m3ref/eval_data.py", "m3ref/metrics.py", "m3ref/retrieval.py")
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -52,8 +58,14 @@ def fingerprint(root: Path = ROOT) -> dict:
     raw = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
     code = lambda f: code_digest(f.read_text(encoding="utf-8"))  # noqa: E731
     return {
-        "configs": _hash_files(root, _files(root, ["configs/experiments/*.yaml"]), raw),
-        "data": _hash_files(root, _files(root, ["data_samples/train/**/*", "data_samples/eval/**/*", "data_samples/tokenizer/*"]), raw),
+        "configs": _hash_files(root, _files(root, ["configs/experiments/*.yaml", "configs/m3-mini/*.yaml"]), raw),
+        "data": _hash_files(root, _files(root, ["data_samples/build_corpus.py"]), code),
         "source": _hash_files(root, _files(root, ["m3ref/**/*.py"], NOT_NUMBERS), code),
-        "runner": _hash_files(root, _files(root, ["benchmarks/experiments/*.py"]), code),
+        "runner": _hash_files(root, _files(root, ["benchmarks/experiments/*.py", "data_samples/build_m3_mini.py"]), code),
     }
+
+
+def training_digest(root: Path = ROOT) -> str:
+    """Hash of the m3ref code a training run depends on (not the evaluation modules)."""
+    code = lambda f: code_digest(f.read_text(encoding="utf-8"))  # noqa: E731
+    return _hash_files(root, _files(root, ["m3ref/**/*.py"], NOT_NUMBERS + EVALUATION_ONLY), code)

