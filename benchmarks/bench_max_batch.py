@@ -1,5 +1,5 @@
-"""Maximum training batch at a fixed memory budget: split-batch + gradient checkpointing vs
-neither (paper Sec. 3.4, Table 10: 1024 / 4096 / 8192 tokens).
+"""Maximum training batch at a fixed memory budget: m3ref's split-batch vs per-layer gradient
+checkpointing and vs neither (paper Sec. 3.4 and Table 10: 1024 / 4096 / 8192 tokens).
 
 The training encode path of `M3Model.training_loss`: `model.collate(model.tokenize(...))`
 then `m3ref.batching.split_batch_forward(model, batch, sub_batch_size)`, with
@@ -7,15 +7,18 @@ then `m3ref.batching.split_batch_forward(model, batch, sub_batch_size)`, with
 Four configurations:
 
 * `plain`: one encoder pass over the whole batch, every activation kept for backward;
-* `ckpt`: per-layer gradient checkpointing only (the paper's "without split-batch"; the
-  official recipes train long documents with checkpointing on);
-* `split_layer`: per-layer checkpointing + sub-batches of `sub_batch` texts (the paper's "with
-  split-batch", as FlagEmbedding implements it: every text keeps each layer's input);
+* `ckpt`: per-layer gradient checkpointing (FlagEmbedding's `gradient_checkpointing`), one pass
+  over the whole batch: every text keeps each layer's input;
+* `split_layer`: per-layer checkpointing + sub-batches of `sub_batch` texts (split-batch as
+  FlagEmbedding implements it, its `sub_batch_size`);
 * `split`: sub-batches of `sub_batch` texts, each sub-batch's whole pass one checkpoint
   (`gradient_checkpointing: sub_batch`, m3ref's split-batch): a text keeps only its outputs.
 
-`max_batch_ratio_*` is `split` over `plain`; `max_batch_ratio_layer_ckpt_*` is `split_layer`
-over `plain`.
+The paper's Table 10 reports the largest batch without and with split-batch (6 -> 130 at 8,192
+tokens). `max_batch_ratio_*` is `split` over `ckpt`, the headline: against per-layer
+checkpointing. Beside it: `_vs_plain` (`split` over `plain`), `_split_layer_vs_ckpt` (FlagEmbedding's
+split-batch over its checkpointing alone, the comparison of Table 10 done FlagEmbedding's way) and
+`_ckpt_vs_plain`.
 
 For each configuration we measure the peak memory of forward + backward (`common.PeakMemory`:
 live tensor bytes on CPU, `torch.cuda.max_memory_allocated` on a GPU) for n passages of
@@ -32,10 +35,18 @@ recomputed), and P(n) settles into its per-passage slope only from n = 3: the st
 and from 2 to 3 are larger than the later ones (measured, not derived), so a slope from n = 1, 2
 overstates b by up to 45 % at 8k tokens and understates the batch. The checkpointed configurations are
 therefore measured at n = 3 and 4; `max_batch_affine_error_1k` checks a fifth passage against
-the line through them (at 1k tokens, where it is cheap).
+the line through them (at 1k tokens, where it is cheap), at every width.
+
+Widths: quick mode measures a narrow XLM-R at widths 32 and 128 (2 heads; at 128 each head is
+64 wide, as BGE-M3's); the headline keys come from the wider one, every key also has a `_w32` /
+`_w128` copy. A text's outputs hold a few bytes per token that do not grow with the width (ids,
+mask, lexical weight), so the ratio against checkpointing grows with the width. The vocabulary is
+the tiny one (8,000 ids): the word-embedding gradient is a fixed cost that would hide the
+per-passage growth at these small batches (with 250,002 ids, P(n) is flat at 1k tokens from n = 1
+to 5), and at BGE-M3's size it is inside the 16 bytes per parameter that the budget leaves out.
 
 The measured bytes do not depend on the number of CPU threads (checked: the same with 1 and
-2), so quick mode uses every core; on 2 cores it takes about a minute.
+2), so quick mode uses every core.
 
 CPU has no memory limit to hit, so the budget is the activation memory of the paper's GPU
 scaled to this model: (80 GB - 16 bytes/param of BGE-M3's 568M parameters for fp32 weights,
@@ -53,18 +64,20 @@ try:
 except ImportError:  # run as a script
     import common as C
 
-BGE_M3_PARAMS = 568e6
+CONFIGS = ("plain", "ckpt", "split_layer", "split")
+LAYER_CKPT = ("ckpt", "split_layer")  # configurations on the per-layer checkpointed model
 # the two batch sizes measured per configuration, where P(n) is affine (docstring)
 BATCH = {"plain": [1, 2], "ckpt": [3, 4], "split_layer": [3, 4], "split": [3, 4]}
 SIZES = {
-    # quick leaves out `ckpt` (the paper's baseline, in full mode) to stay near a minute on 2 CPU cores
-    "quick": dict(hidden=32, heads=2, vocab=8000, depths=[1, 2], target_depth=24, lengths=[1024, 4096, 8192],
-                  batch=BATCH, sub_batch=1, configs=["plain", "split_layer", "split"], threads=None),
-    "full": dict(hidden=1024, heads=16, vocab=250_002, depths=[24], target_depth=24, lengths=[1024, 4096, 8192],
-                 batch=BATCH, sub_batch=1, configs=["plain", "ckpt", "split_layer", "split"], threads=None),
+    # widths 32 and 128 (the headline keys come from the wider one; width 64 at 1k tokens checks that a
+    # text's bytes are affine in the width), 2 heads (at width 128 as wide as BGE-M3's, 64); width 128
+    # leaves 4k out, to stay near five minutes on 2 loaded cores
+    "quick": dict(hidden=128, widths=[32, 64, 128], heads=2, vocab=8000, depths=[1, 2], target_depth=24,
+                  lengths=[1024, 4096, 8192], lengths_per_width={64: [1024], 128: [1024, 8192]}, batch=BATCH,
+                  sub_batch=1, configs=list(CONFIGS), threads=None, target_width=1024),
+    "full": dict(hidden=1024, widths=[1024], heads=16, vocab=250_002, depths=[24], target_depth=24,
+                 lengths=[1024, 4096, 8192], batch=BATCH, sub_batch=1, configs=list(CONFIGS), threads=None),
 }
-CONFIGS = ("plain", "ckpt", "split_layer", "split")
-LAYER_CKPT = ("ckpt", "split_layer")  # configurations on the per-layer checkpointed model
 
 
 def _model(s: dict, depth: int, checkpointing: bool, device: str):
@@ -116,13 +129,66 @@ def _tag(L: int) -> str:
 def budget_bytes(s: dict, device: str, n_params: float) -> float:
     if device == "cuda":
         return torch.cuda.get_device_properties(0).total_memory - 16 * n_params
-    return (80e9 - 16 * BGE_M3_PARAMS) * s["hidden"] / 1024 * 2
+    return (80e9 - 16 * C.BGE_M3_PARAMS) * s["hidden"] / 1024 * 2
 
 
 def run(mode: str = "quick", sizes: dict = None) -> dict:
     s = {**SIZES[mode], **(sizes or {})}
+    out, measured = {}, {}
     with C.torch_threads(s.get("threads")):
-        return _run(s, mode)
+        widths = s.get("widths", [s["hidden"]])
+        for w in widths:
+            res = _run({**s, "hidden": w, "lengths": s.get("lengths_per_width", {}).get(w, s["lengths"])}, mode)
+            measured[f"w{w}"] = res.pop("max_batch_measured")
+            out.update({f"{k}_w{w}": v for k, v in res.items()})
+            if w == max(widths):  # the headline keys: the widest model measured
+                out.update(res)
+    errors = [v for k, v in out.items() if k.startswith("max_batch_affine_error_") and "_w" in k]
+    out[f"max_batch_affine_error_{_tag(min(s['lengths']))}"] = max(errors)
+    if len(widths) >= 3:
+        out.update(_width_model(out, s, widths))
+    out["max_batch_measured"] = measured
+    return out
+
+
+def _width_model(out: dict, s: dict, widths: list) -> dict:
+    """BGE-M3's width from the narrow models: a text's bytes (b) are affine in the width (hidden
+    states grow with it; ids, mask and lexical weights do not). Checked at 1k tokens: the middle
+    width's b against the line through the outer two (`max_batch_width_affine_error_1k`). Then a
+    and b at `target_width` from the two widest widths measured at each length, the budget of that
+    width, and the ratios (keys ending in `_w{target}_model`: a model, not a measurement). The fixed
+    part a also holds the layers' weight gradients, which grow with width squared; at BGE-M3's
+    width they are about 1 GB of a 142 GB budget, and the budget already leaves out 16 bytes per
+    parameter for them."""
+    res = {}
+    lo, mid, hi = widths[0], widths[1], widths[-1]
+    tag = _tag(min(s["lengths"]))
+    err = []
+    for c in s.get("configs", CONFIGS):
+        b = {w: out[f"max_batch_bytes_per_passage_{c}_{tag}_w{w}"] for w in (lo, mid, hi)}
+        predicted = b[lo] + (b[hi] - b[lo]) * (mid - lo) / (hi - lo)
+        err.append(abs(b[mid] / predicted - 1))
+    res[f"max_batch_width_affine_error_{tag}"] = max(err)
+    target = s.get("target_width", 1024)
+    budget = budget_bytes({**s, "hidden": target}, "cpu", C.BGE_M3_PARAMS)
+    for L in s["lengths"]:
+        t = _tag(L)
+        have = [w for w in widths if f"max_batch_bytes_per_passage_split_{t}_w{w}" in out]
+        if len(have) < 2:
+            continue
+        w1, w2 = have[-2], have[-1]
+        best = {}
+        for c in s.get("configs", CONFIGS):
+            ab = [(out[f"max_batch_fixed_bytes_{c}_{t}_w{w}"], out[f"max_batch_bytes_per_passage_{c}_{t}_w{w}"])
+                  for w in (w1, w2)]
+            a, b = (ab[0][i] + (ab[1][i] - ab[0][i]) * (target - w1) / (w2 - w1) for i in (0, 1))
+            best[c] = max(0, math.floor((budget - a) / b))
+            res[f"max_batch_{c}_{t}_w{target}_model"] = float(best[c])
+        if best.get("ckpt"):
+            res[f"max_batch_ratio_{t}_w{target}_model"] = best["split"] / best["ckpt"]
+        if best.get("plain"):
+            res[f"max_batch_ratio_{t}_vs_plain_w{target}_model"] = best["split"] / best["plain"]
+    return res
 
 
 def _measure(models: dict, s: dict, config: str, texts: list, L: int, n: int, device: str, dtype) -> int:
@@ -154,7 +220,7 @@ def _run(s: dict, mode: str) -> dict:
                     affine_error[c] = abs(_measure(models, s, c, texts, L, n3, device, dtype) / predicted - 1)
         del models
     if not n_params:  # quick: the parameter count of the extrapolated model does not enter the CPU budget
-        n_params = BGE_M3_PARAMS
+        n_params = C.BGE_M3_PARAMS
     budget = budget_bytes(s, device, n_params)
     out = {"max_batch_budget_bytes": float(budget)}
     out[f"max_batch_affine_error_{_tag(min(s['lengths']))}"] = max(affine_error.values())
@@ -167,14 +233,18 @@ def _run(s: dict, mode: str) -> dict:
             best[c] = max(0, math.floor(exact[c]))
             out[f"max_batch_{c}_{tag}"] = float(best[c])
             out[f"max_batch_bytes_per_passage_{c}_{tag}"] = float(b)
-        out[f"max_batch_ratio_{tag}"] = (best["split"] / best["plain"]) if best["plain"] else exact["split"] / exact["plain"]
-        if "ckpt" in configs:
-            out[f"max_batch_ratio_split_vs_ckpt_{tag}"] = ((best["split"] / best["ckpt"]) if best["ckpt"]
-                                                          else exact["split"] / exact["ckpt"])
-        out[f"max_batch_ratio_layer_ckpt_{tag}"] = ((best["split_layer"] / best["plain"]) if best["plain"]
-                                                   else exact["split_layer"] / exact["plain"])
-        out[f"max_batch_ratio_per_passage_{tag}"] = (out[f"max_batch_bytes_per_passage_plain_{tag}"]
-                                                    / out[f"max_batch_bytes_per_passage_split_{tag}"])
+            out[f"max_batch_fixed_bytes_{c}_{tag}"] = float(a)
+
+        def ratio(num, den):
+            return (best[num] / best[den]) if best[den] else exact[num] / exact[den]
+        if "ckpt" in configs:  # the headline: against per-layer gradient checkpointing
+            out[f"max_batch_ratio_{tag}"] = ratio("split", "ckpt")
+            out[f"max_batch_ratio_{tag}_split_layer_vs_ckpt"] = ratio("split_layer", "ckpt")
+            out[f"max_batch_ratio_{tag}_ckpt_vs_plain"] = ratio("ckpt", "plain")
+        out[f"max_batch_ratio_{tag}_vs_plain"] = ratio("split", "plain")
+        out[f"max_batch_ratio_{tag}_split_layer_vs_plain"] = ratio("split_layer", "plain")
+        out[f"max_batch_ratio_per_passage_{tag}_vs_plain"] = (out[f"max_batch_bytes_per_passage_plain_{tag}"]
+                                                             / out[f"max_batch_bytes_per_passage_split_{tag}"])
     out["max_batch_measured"] = {f"{c}@{L}": {f"depth{d},n{n}": v for (d, n), v in pts.items()}
                                  for (c, L), pts in points.items()}
     return out

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_flatten
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_DIR = os.path.join(ROOT, "data_samples", "source")
 FINETUNE_DIR = os.path.join(ROOT, "data_samples", "train", "finetune")
+BGE_M3_PARAMS = 568e6  # parameters of BAAI/bge-m3 (XLM-R large with 8194 positions, and the two heads)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -70,15 +71,36 @@ def tokenizer():
     return _TOKENIZER
 
 
-def checkpoint(hidden: int, layers: int, heads: int, seed: int = 0) -> str:
-    """A random M3 checkpoint in the official layout (`m3ref.tiny.build_tiny_model`), cached
-    by shape in `cache_dir()`. Both libraries load it from disk."""
+def checkpoint(hidden: int, layers: int, heads: int, seed: int = 0, vocab: Optional[int] = None) -> str:
+    """A random M3 checkpoint in the official layout, cached by shape in `cache_dir()`. Both
+    libraries load it from disk.
+
+    vocab=None: `m3ref.tiny.build_tiny_model` (the tiny tokenizer's 8,001 ids, initializer range
+    0.2). vocab=N: an `XLMRobertaConfig` of that shape (`encoder_config`) with N embedding rows
+    (250,002 for XLM-R's vocabulary) and transformers' own initialisation, built offline; the
+    tokenizer is the tiny one either way (its ids are a subset of the rows).
+    """
     from m3ref.book import _fingerprint  # texts, shipped tokenizer and builder code, as for the book's model
-    path = os.path.join(cache_dir(), f"m3-{_fingerprint(seed)}-h{hidden}-l{layers}-a{heads}")
+    tag = f"-v{vocab}" if vocab else ""
+    path = os.path.join(cache_dir(), f"m3-{_fingerprint(seed)}-h{hidden}-l{layers}-a{heads}{tag}")
     if not os.path.isfile(os.path.join(path, "sparse_linear.pt")):
-        from m3ref.tiny import build_tiny_model
-        build_tiny_model(path, seed=seed, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                         tokenizer=tokenizer())
+        tmp = path + f".tmp{os.getpid()}"
+        if vocab:
+            from transformers import XLMRobertaModel
+
+            from m3ref import M3Model
+            torch.manual_seed(seed)
+            encoder = XLMRobertaModel(encoder_config(hidden, layers, heads, vocab), add_pooling_layer=False)
+            M3Model(encoder, tokenizer()).save_pretrained(tmp)
+        else:
+            from m3ref.tiny import build_tiny_model
+            build_tiny_model(tmp, seed=seed, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                             tokenizer=tokenizer())
+        if os.path.isdir(path):  # another process built it first
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
     return path
 
 
@@ -155,6 +177,44 @@ def mixed_texts(n_queries: int, n_passages: int, long_tokens: list, seed: int = 
     return texts
 
 
+def length_mix_texts(n: int, lo: int = 10, hi: int = 2000, seed: int = 0) -> list:
+    """n multilingual texts whose lengths are spread evenly on a log scale from `lo` to `hi`
+    tokens (the tiny tokenizer's count, <s> and </s> included): short queries to long documents.
+
+    Text i is in language i mod 10. Its target length is drawn log-uniformly in [lo, hi]; its
+    text is a run of that language's sample texts (queries, titles, passages and related texts
+    of data_samples/source, shuffled, from a random start, joined with spaces), cut at the
+    character where the target's last token ends. Deterministic for a seed.
+    """
+    import math
+    import random
+    rng = random.Random(seed)
+    tok = tokenizer()
+    by_lang = {}
+    for r in source_rows():
+        by_lang.setdefault(r["lang"], []).extend(r[k] for k in ("query", "title", "passage", "related") if r.get(k))
+    langs = sorted(by_lang)
+    for pool in by_lang.values():
+        rng.shuffle(pool)
+    counts = {lang: [len(ids) for ids in tok(pool, add_special_tokens=False)["input_ids"]]
+              for lang, pool in by_lang.items()}
+    texts = []
+    for i in range(n):
+        lang = langs[i % len(langs)]
+        pool, cnt = by_lang[lang], counts[lang]
+        want = max(1, round(math.exp(rng.uniform(math.log(lo), math.log(hi)))) - 2)  # content tokens
+        j, parts, have = rng.randrange(len(pool)), [], 0
+        while have < want + 8:  # a little more than needed: joining can merge tokens at the seams
+            parts.append(pool[j % len(pool)])
+            have += cnt[j % len(pool)] + 1
+            j += 1
+        joined = " ".join(parts)
+        enc = tok(joined, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        texts.append(joined[:offsets[min(want, len(offsets)) - 1][1]].strip())
+    return texts
+
+
 def exact_length_texts(n: int, tokens: int, seed: int = 0) -> list:
     """n multilingual texts of at least `tokens` tokens (truncation then gives exactly `tokens`)."""
     return mixed_texts(0, 0, [tokens] * n, seed=seed)
@@ -191,6 +251,16 @@ def compare_times(fns: dict, repeat: int, device: str = "cpu", warmup: int = 1) 
             times[k].append(w)
             cpu[k].append(c)
     return {"median": {k: statistics.median(v) for k, v in times.items()}, "all": times, "cpu": cpu}
+
+
+def ratios(result: dict, num: str, den: str, kind: str = "all") -> list:
+    """Per-round time[num] / time[den] (kind: "all" = wall clock, "cpu" = process CPU time)."""
+    return [x / y for x, y in zip(result[kind][num], result[kind][den])]
+
+
+def spread(key: str, values: list) -> dict:
+    """{key: median, key_min: min, key_max: max} of per-round figures."""
+    return {key: float(statistics.median(values)), f"{key}_min": float(min(values)), f"{key}_max": float(max(values))}
 
 
 def ratio(result: dict, num: str, den: str, kind: str = "all") -> float:
