@@ -30,6 +30,9 @@ SOURCE_DIR = str(asset_path("data_samples/source"))  # in the checkout, or insid
 # ids in every process (its Rust hash maps are randomly seeded), so a tokenizer trained afresh
 # would change every stored output. `trained_on.json` records the texts it was trained on.
 TOKENIZER_DIR = str(asset_path("data_samples/tokenizer"))
+# m3-mini: the small M3 trained with the paper's recipe on the Debian corpus
+# (data_samples/build_m3_mini.py; model card: data_samples/m3-mini/README.md).
+MINI_DIR = str(asset_path("data_samples/m3-mini"))
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
 

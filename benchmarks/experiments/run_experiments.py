@@ -180,7 +180,7 @@ def train(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) 
     from m3ref.config import load_config
     out = run_dir(runs, name, seed)
     values = train_values(runs, corpus, name, cfg, seed, gpu)
-    want = load_config(None, **values).to_dict()
+    want = json.loads(json.dumps(load_config(None, **values).to_dict()))  # as stored (string keys)
     record_path, code = out / "experiment_record.json", FP.training_digest()
     if (out / "final" / "config.json").is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
