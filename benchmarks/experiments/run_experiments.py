@@ -224,8 +224,11 @@ def _sample(items: list, n: int, key: str) -> list:
 
 
 def eval_sets(corpus: Path, runs: Path, cfg: dict) -> Path:
-    """Subsets of the corpus' test sets in the same layouts (written once): RUNS/eval-sets/."""
-    out = runs / "eval-sets"
+    """Subsets of the corpus' test sets in the same layouts, written once per evaluation config:
+    RUNS/eval-sets-<digest of eval.yaml>/ (a changed size never reuses a stale set)."""
+    import hashlib
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    out = runs / f"eval-sets-{digest}"
     if (out / "done.json").is_file():
         return out
     tmp = runs / ".tmp-eval-sets"
