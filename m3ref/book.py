@@ -1,8 +1,13 @@
-"""Small helpers shared by the book's chapters: show package code, load the model quietly.
+"""Small helpers shared by the book's chapters: show package code, load a model quietly.
 
-The one switch: set the environment variable M3REF_REAL_MODEL=1 (needs the Hugging Face
-hub) and every chapter runs on the real `BAAI/bge-m3` instead of the tiny model built here.
-The stored outputs are those of the tiny model.
+Chapters demonstrate on m3-mini, the small M3 trained with the paper's recipe and shipped in
+data_samples/m3-mini; `load_model("untrained")` gives the untrained tiny model for what is
+about mechanics (shapes, masks, exact equalities). Switches (environment variables):
+
+* M3REF_REAL_MODEL=1: every chapter runs on the real `BAAI/bge-m3` (needs the hub);
+* M3REF_BOOK_SEED, M3REF_BOOK_TAU: the knobs an instructor turns in class (the untrained
+  model's seed, the temperature of the chapters' losses). The stored outputs use 0 and 0.02;
+  the chapters' checks hold for other values too (tests/test_book_knobs.py).
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import tempfile
 
 REAL_MODEL = os.environ.get("M3REF_REAL_MODEL") == "1"
 HUB_ID = "BAAI/bge-m3"
+SEED = int(os.environ.get("M3REF_BOOK_SEED", "0"))
+TAU = float(os.environ.get("M3REF_BOOK_TAU", "0.02"))
 
 
 def show(*objects):
@@ -64,10 +71,15 @@ def tiny_model_dir(seed: int = 0) -> str:
     return path
 
 
-def load_model(seed: int = 0, device: str | None = None):
-    """`BAAI/bge-m3` when M3REF_REAL_MODEL=1, otherwise the tiny model built offline."""
+def load_model(which: str = "m3-mini", device: str | None = None):
+    """The model a chapter shows: "m3-mini" (trained, shipped) or "untrained" (the tiny model of
+    seed M3REF_BOOK_SEED, built offline); `BAAI/bge-m3` for both when M3REF_REAL_MODEL=1."""
     from .model import M3Model
+    from .tiny import MINI_DIR
     quiet()
     if REAL_MODEL:
         return M3Model.from_pretrained(HUB_ID, device=device)
-    return M3Model.from_pretrained(tiny_model_dir(seed), device=device or "cpu")
+    if which not in ("m3-mini", "untrained"):
+        raise ValueError(f"load_model: choose 'm3-mini' or 'untrained', not {which!r}")
+    path = MINI_DIR if which == "m3-mini" else tiny_model_dir(SEED)
+    return M3Model.from_pretrained(path, device=device or "cpu")
