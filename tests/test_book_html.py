@@ -165,11 +165,6 @@ def test_every_figure_has_a_caption_and_alt_text(seen):
     assert not bad, "\n" + _report(bad)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "chapter plots are bare cell outputs: myst-nb gives them their file name as alt text and no "
-    "caption. Chapter authors: add cell metadata `mystnb: {figure: {caption: ..., name: ...}, "
-    "image: {alt: ...}}` to each plotting cell (or glue the figure into a {figure} directive); "
-    "then remove this xfail"))
 def test_every_plot_has_a_caption_and_alt_text(seen):
     bad = []
     for page in pages():
@@ -193,10 +188,6 @@ def test_no_raw_markdown_or_tex_in_the_prose(seen):
     assert not bad, "\n" + _report(bad)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "06_self_distillation shows a `# NBVAL_IGNORE_OUTPUT` comment in a code cell. Chapter authors: "
-    "use the cell tag `nbval-ignore-output` instead of the comment (nbval reads both); then "
-    "remove this xfail"))
 def test_no_test_markers_show(seen):
     """nbval's markers are for the test run, not for the reader."""
     bad = [(page, "NBVAL marker in the page") for page in pages() if "NBVAL" in _page(seen, page)["pageText"]]
