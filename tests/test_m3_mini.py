@@ -95,3 +95,42 @@ def test_its_lexical_head_retrieves_english_descriptions(mini):
     trained = _precision_at_1(lexical(mini))
     assert trained >= 3 * chance, trained
     assert trained > _precision_at_1(lexical(load_model("untrained")))
+
+
+def _card_tables() -> list:
+    """The markdown tables of the model card that hold evaluation figures: [{(row, column): text}]."""
+    tables, current = [], None
+    for line in (MINI / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells and cells[0] == "method":
+            header, current = cells, {}
+            tables.append(current)
+        elif cells and current is not None and not set(cells[0]) <= {"-"}:
+            current.update({(cells[0], col): text for col, text in zip(header[1:], cells[1:])})
+        elif not cells:
+            current = None
+    return tables
+
+
+def test_the_model_card_reports_the_stored_results():
+    """Every figure of the card's two evaluation tables equals book/results/experiments.json."""
+    results = json.loads((ROOT / "book" / "results" / "experiments.json").read_text())
+    columns = {"MIRACL-like nDCG@10": ("miracl", "ndcg@10"), "MKQA-like Recall@20": ("mkqa", "success@20"),
+               "MKQA-masked Recall@20": ("mkqa_masked", "success@20"), "MLDR-like nDCG@10": ("mldr", "ndcg@10")}
+    rows = {"Dense": "dense", "Sparse": "sparse", "Multi-vec": "multivec", "Dense+Sparse": "dense+sparse",
+            "All": "all", "BM25": "bm25"}
+    tables = _card_tables()
+    assert len(tables) == 2, "the card has the m3-mini table and the untrained table"
+    for table, model in zip(tables, (results["runs"]["m3"]["0"]["eval"], results["untrained"])):
+        assert {col for _, col in table} == set(columns)
+        for (row, col), text in table.items():
+            bench, metric = columns[col]
+            if row == "chance":
+                per_lang = results["chance"][bench].values()
+                assert text == f"{100 * np.mean([v[metric] for v in per_lang]):.2f}", (row, col)
+                continue
+            source = results["untrained"] if rows[row] == "bm25" else model
+            e = source[bench]
+            low, high = e["ci"][rows[row]]["avg"][metric]
+            expected = f"{100 * e['scores'][rows[row]]['avg'][metric]:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+            assert text == expected, (row, col, text, expected)
