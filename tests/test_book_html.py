@@ -240,3 +240,23 @@ def test_bibliography_renders(seen):
     unresolved = [(page, "an unresolved citation") for page in pages()
                   if re.search(r"\[\?\]|\?\?", _page(seen, page)["proseText"])]
     assert not unresolved, "\n" + _report(unresolved)
+
+
+def test_launch_buttons_open_each_chapter_from_the_repository(seen):
+    """Binder and Colab open the page's own notebook in the repository of _config.yml, and
+    Binder has the folder it builds its image from (binder/postBuild installs m3ref)."""
+    config = yaml.safe_load(open(os.path.join(BOOK, "_config.yml")))
+    repo = urlsplit(config["repository"]["url"]).path.strip("/")
+    branch, book = config["repository"]["branch"], config["repository"]["path_to_book"]
+    bad = []
+    for page in pages():
+        if not os.path.isfile(os.path.join(BOOK, f"{page}.ipynb")):
+            continue  # front and back matter are plain pages, without a notebook to launch
+        links = _page(seen, page)["links"]
+        for want in (f"https://mybinder.org/v2/gh/{repo}/{branch}?urlpath=lab/tree/{book}/{page}.ipynb",
+                     f"https://colab.research.google.com/github/{repo}/blob/{branch}/{book}/{page}.ipynb"):
+            if want not in links:
+                bad.append((page, f"no launch link {want}"))
+    assert not bad, "\n" + _report(bad)
+    post_build = os.path.join(os.path.dirname(BOOK), "binder", "postBuild")
+    assert os.access(post_build, os.X_OK) and "pip install --no-cache-dir --no-deps -e ." in open(post_build).read()
