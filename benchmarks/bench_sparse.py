@@ -236,7 +236,7 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
     del docs, flag_docs
     # against scipy at 100k documents, both building their matrices from the dicts in each round
     docs = synthetic_weights(s["scipy_docs"], 60, seed=1)
-    qs = synthetic_weights(s.get("scipy_queries", s["qps_queries"]), 8, seed=2)
+    qs = synthetic_weights(s["scipy_queries"], 8, seed=2)
 
     def user():
         result["scipy"] = scipy_topk(qs, docs)

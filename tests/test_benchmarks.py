@@ -65,7 +65,7 @@ def test_sparse_retrieval_top10_is_exact():
     """m3ref's top-10 equals FlagEmbedding's per-pair loop, the scipy search and brute force."""
     import bench_sparse
     r = bench_sparse.run("quick", {"n_docs": 400, "n_queries": 5, "rounds": 1, "scipy_docs": 600,
-                                   "qps_docs": [2000], "qps_queries": 6})
+                                   "scipy_queries": 6, "qps_docs": [2000], "qps_queries": 6})
     floats(r, ["sparse_retrieval_vs_flagembedding", "sparse_retrieval_vs_scipy", "sparse_retrieval_qps_2k",
                "sparse_m3ref_index_build_s"])
     assert r["sparse_top10_agreement"] == 1.0
