@@ -56,3 +56,22 @@ def test_only_code_that_changes_numbers_counts(tmp_path):
     losses.write_text(losses.read_text().replace("(L + L_prime) / config.l_final_divisor",
                                                  "(L + L_prime) / (2 * config.l_final_divisor)"))
     assert FP.fingerprint(tmp_path)["source"] != before
+
+
+SWEEP = ROOT / "book" / "results" / "dense_stage_dev.json"
+
+
+def test_dense_stage_sweep_fresh():
+    """Chapter 12's dev-split sweep of the dense stage must describe the current training code,
+    its own config and the m3-mini configs it reads."""
+    import yaml
+    sys.path.insert(0, str(ROOT / "benchmarks" / "experiments" / "tuning"))
+    import dense_stage_sweep as S
+    stored = json.loads(SWEEP.read_text())
+    config = yaml.safe_load((ROOT / "configs" / "tuning" / "dense_stage.yaml").read_text())
+    stale = [what for what, same in (("configs/tuning/dense_stage.yaml", stored["config"] == config),
+                                     ("the m3ref training code", stored["training_code"] == FP.training_digest()),
+                                     ("configs/m3-mini/", stored["recipe_files"] == S.recipe_files(config["variants"])))
+             if not same]
+    assert not stale, (f"{SWEEP.relative_to(ROOT)} is stale: changed since it was produced: {', '.join(stale)}. "
+                       f"Regenerate it (CPU, about 30 min): {stored['regenerate']}")
