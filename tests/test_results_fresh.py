@@ -74,4 +74,4 @@ def test_dense_stage_sweep_fresh():
                                      ("configs/m3-mini/", stored["recipe_files"] == S.recipe_files(config["variants"])))
              if not same]
     assert not stale, (f"{SWEEP.relative_to(ROOT)} is stale: changed since it was produced: {', '.join(stale)}. "
-                       f"Regenerate it (CPU, about 30 min): {stored['regenerate']}")
+                       f"Regenerate it (2-core CPU, about 75 min): {stored['regenerate']}")
