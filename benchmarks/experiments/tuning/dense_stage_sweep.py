@@ -7,9 +7,11 @@ by the experiment runner's own `train` (the same subprocess, the same reuse of a
 an unchanged config and training code) into RUNS (default runs/tuning/), then evaluated on
 subsets of the corpus' dev split: the split that chooses a recipe, so that the test split of
 chapter 12 is never tuned on. The untrained m3-mini is evaluated too, with BM25 beside it.
+`stale()` says what changed since the results were written (tests/test_results_fresh.py, chapter 12).
 
 This script is not part of the fingerprint of book/results/experiments.json (it lives one folder
-below the runner); its output records its own config and the training-code digest.
+below the runner); its output records its own config, the m3ref source digest and the m3-mini
+configs it read.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,18 +55,43 @@ def eval_worker(model_dir: str, out: str, sets: str, baseline: bool) -> None:
 
 
 def evaluate(model_dir: Path, out: Path, sets: Path, baseline: bool) -> dict:
-    if not out.is_file():
-        R.timed([R.PY, __file__, "--eval-one", str(model_dir), "--out", str(out), "--sets", str(sets)]
-                + (["--baseline"] if baseline else []), out.with_suffix(".log"))
-    return json.loads(out.read_text())
+    """Evaluate one checkpoint in a subprocess; reuse a stored result only for the same weights,
+    sets, evaluation config and code (a variant retrained under its old name is re-evaluated)."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".pt", ".bin"):
+            h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+    key = {"model": h.hexdigest(), "eval": R.load_yaml(CONFIG)["eval"], "baseline": baseline,
+           "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"]}
+    if out.is_file():
+        old = json.loads(out.read_text())
+        if old.pop("key", None) == key:
+            return old
+    R.timed([R.PY, __file__, "--eval-one", str(model_dir), "--out", str(out), "--sets", str(sets)]
+            + (["--baseline"] if baseline else []), out.with_suffix(".log"))
+    res = json.loads(out.read_text())
+    out.write_text(json.dumps({**res, "key": key}))
+    return res
 
 
-def recipe_files(variants: dict) -> dict:
+def recipe_files(variants: dict, root: Path = FP.ROOT) -> dict:
     """{path: sha256} of the m3-mini configs the variants read: the model and each stage's recipe."""
     import hashlib
     names = ["model"] + sorted({v["recipe"] for v in variants.values()})
-    return {f"configs/m3-mini/{n}.yaml": hashlib.sha256((R.RECIPE_DIR / f"{n}.yaml").read_bytes()).hexdigest()
+    return {f"configs/m3-mini/{n}.yaml": hashlib.sha256((root / f"configs/m3-mini/{n}.yaml").read_bytes()).hexdigest()
             for n in names}
+
+
+def stale(root: Path = FP.ROOT) -> list:
+    """What changed since RESULTS was written: this sweep's config, the m3ref code that can change
+    a number (training and evaluation), or the m3-mini configs it reads; [] when it is fresh."""
+    stored = json.loads((root / RESULTS.relative_to(FP.ROOT)).read_text())
+    config = R.load_yaml(root / CONFIG.relative_to(FP.ROOT))
+    checks = (("configs/tuning/dense_stage.yaml", stored["config"] == config),
+              ("the m3ref source", stored["source"] == FP.fingerprint(root)["source"]),
+              ("configs/m3-mini/", stored["recipe_files"] == recipe_files(config["variants"], root)))
+    return [what for what, same in checks if not same]
 
 
 def main(argv=None) -> None:
@@ -94,7 +122,7 @@ def main(argv=None) -> None:
     sets = R.eval_sets(corpus, runs, {**cfg["eval"], "mldr_queries": 0, "mldr_corpus": 0})
     from tqdm import tqdm
     bar = tqdm(total=2 * len(variants) + 1, desc="dense-stage sweep", dynamic_ncols=True)
-    records, evals, done = {}, {}, {name: __import__("threading").Event() for name in variants}
+    records, evals, done = {}, {}, {name: threading.Event() for name in variants}
 
     def job(name):
         v = variants[name]
@@ -120,8 +148,7 @@ def main(argv=None) -> None:
     import torch
     results = {
         "regenerate": "python benchmarks/experiments/tuning/dense_stage_sweep.py --corpus CORPUS",
-        "config": cfg, "training_code": FP.training_digest(),
-        "recipe_files": recipe_files(variants),
+        "config": cfg, "source": FP.fingerprint()["source"], "recipe_files": recipe_files(variants),
         "eval_sets": json.loads((sets / "done.json").read_text()),
         "untrained": untrained,
         "variants": {n: {"steps": records[n]["steps"], "train_wall_s": records[n]["train_wall_s"],
