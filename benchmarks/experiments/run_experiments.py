@@ -173,18 +173,39 @@ def train_values(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu:
     return values
 
 
+def model_key(model_dir) -> str:
+    """SHA-256 of a checkpoint's files (weights, configs, tokenizer): what a model is, wherever it lies."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".pt", ".bin", ".model"):
+            h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def train_key(values: dict) -> dict:
+    """What a training run computes: its TrainConfig as stored (string keys), with the start
+    checkpoint named by its contents and the output folder left out, so that a finished run
+    moved or copied to another runs folder is still recognised as the same training."""
+    from m3ref.config import load_config
+    key = json.loads(json.dumps(load_config(None, **values).to_dict()))
+    key.pop("output_dir")
+    key["model"] = model_key(key["model"])
+    return key
+
+
 def train(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
-    """Train one (experiment, seed) unless a finished run with the same config and training code
-    exists; return its record (config, CPU time, loss curve)."""
+    """Train one (experiment, seed) unless a finished run with the same `train_key` and training
+    code exists; return its record (config, CPU time, loss curve)."""
     import yaml
     from m3ref.config import load_config
     out = run_dir(runs, name, seed)
     values = train_values(runs, corpus, name, cfg, seed, gpu)
-    want = json.loads(json.dumps(load_config(None, **values).to_dict()))  # as stored (string keys)
+    want = train_key(values)
     record_path, code = out / "experiment_record.json", FP.training_digest()
     if (out / "final" / "config.json").is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("train_config") == want and record.get("training_code") == code:
+        if record.get("train_key") == want and record.get("training_code") == code:
             return record
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
@@ -193,7 +214,8 @@ def train(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) 
                 out / "train.log")
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
     keys = ("step", "stage", "lr", "L_final", "L_dense", "L_lex", "L_mul", "L_prime", "L_enc", "L_dec", "grad_norm")
-    record = {"train_config": want, "training_code": code, "train_cpu_s": round(cpu, 1),
+    record = {"train_config": json.loads(json.dumps(load_config(None, **values).to_dict())), "train_key": want,
+              "training_code": code, "train_cpu_s": round(cpu, 1),
               "train_wall_s": round(time.time() - t0, 1), "steps": len(log),
               "loss_curve": {k: [r.get(k) for r in log] for k in keys}}
     record_path.write_text(json.dumps(record, indent=1))
@@ -303,13 +325,8 @@ def benchmarks_for(cfg: dict, eval_cfg: dict, tag: str) -> dict:
 
 def evaluate(model_dir, out_json: Path, sets: Path, eval_cfg: dict, benchmarks: dict, baseline: bool) -> dict:
     """Evaluate one checkpoint in a subprocess; reuse a result of the same model, sets and code."""
-    import hashlib
     import inspect
-    h = hashlib.sha256()
-    for f in sorted(Path(model_dir).rglob("*")):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".pt", ".bin") and f.parent == Path(model_dir):
-            h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
-    key = {"model": h.hexdigest(), "eval": eval_cfg, "benchmarks": benchmarks, "baseline": baseline,
+    key = {"model": model_key(model_dir), "eval": eval_cfg, "benchmarks": benchmarks, "baseline": baseline,
            "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"],
            "worker": FP.code_digest(inspect.getsource(eval_one))}
     if out_json.is_file():
@@ -374,6 +391,61 @@ def chance_levels(sets: Path, eval_cfg: dict) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------ scheduling
+def run_jobs(jobs: list, start_of, train_one, evaluate_one, n_jobs: int, desc: str, extra=None):
+    """Train, then evaluate, every job, with at most `n_jobs` subprocesses at once. A job waits
+    for the job it starts from (`start_of(job)`, or None) without holding a slot, and fails if that
+    one failed. `extra()` runs one more subprocess beside them (the untrained model's evaluation).
+    Returns ({job: training record}, {job: evaluation}, extra's result)."""
+    from tqdm import tqdm
+    bar = tqdm(total=2 * len(jobs) + (extra is not None), desc=desc, dynamic_ncols=True)
+    slots, lock = threading.Semaphore(n_jobs), threading.Lock()
+    records, evals, done = {}, {}, {job: threading.Event() for job in jobs}
+
+    def run(job):
+        try:
+            parent = start_of(job)
+            if parent is not None:
+                done[parent].wait()
+                if parent not in records:
+                    raise SystemExit(f"{job}: its start {parent} failed")
+            with slots:
+                rec = train_one(job)
+            with lock:
+                records[job] = rec
+        finally:
+            done[job].set()
+            bar.update()
+        with slots:
+            result = evaluate_one(job)
+        with lock:
+            evals[job] = result
+        bar.update()
+
+    def run_extra():
+        with slots:
+            result = extra()
+        bar.update()
+        return result
+
+    with ThreadPoolExecutor(len(jobs) + 1) as pool:  # threads wait; the semaphore bounds the work
+        futures = [pool.submit(run, job) for job in jobs]
+        side = pool.submit(run_extra) if extra is not None else None
+        for f in futures + ([side] if side else []):
+            f.result()
+    bar.close()
+    return records, evals, (side.result() if side else None)
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Write the JSON atomically: an interrupted run never leaves a half-written results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -411,39 +483,19 @@ def main(argv=None) -> None:
     start = {"time": time.time(), "load": os.getloadavg()}
     init_model(runs, corpus)
     sets = eval_sets(corpus, runs, eval_cfg)
-    from tqdm import tqdm
     jobs = [(n, s) for n, c in exps.items() for s in c["seeds"]]
-    bar = tqdm(total=2 * len(jobs) + 1, desc="experiments", dynamic_ncols=True)
-    records, evals, done, lock = {}, {}, {job: threading.Event() for job in jobs}, threading.Lock()
 
-    def job(name, seed):
-        cfg = exps[name]
-        try:
-            if cfg.get("init") not in (None, "init"):
-                parent = (cfg["init"], cfg.get("init_seed", seed))
-                done[parent].wait()
-                if parent not in records:
-                    raise SystemExit(f"{name} seed {seed}: its start {parent} failed")
-            bar.set_postfix_str(f"train {name}-s{seed}")
-            rec = train(runs, corpus, name, cfg, seed, args.gpu)
-            with lock:
-                records[name, seed] = rec
-        finally:
-            done[name, seed].set()
-            bar.update()
-        bar.set_postfix_str(f"eval {name}-s{seed}")
-        evals[name, seed] = evaluate(run_dir(runs, name, seed) / "final", runs / f"{name}-s{seed}-eval.json",
-                                     sets, eval_cfg, benchmarks_for(cfg, eval_cfg, name), False)
-        bar.update()
+    def start_of(job):
+        cfg = exps[job[0]]
+        return None if cfg.get("init") in (None, "init") else (cfg["init"], cfg.get("init_seed", job[1]))
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(job, n, s) for n, s in jobs]
-        untrained = evaluate(runs / "init", runs / "untrained-eval.json", sets, eval_cfg,
-                             benchmarks_for({}, eval_cfg, "untrained"), True)
-        bar.update()
-        for f in futures:
-            f.result()
-    bar.close()
+    records, evals, untrained = run_jobs(
+        jobs, start_of, lambda j: train(runs, corpus, j[0], exps[j[0]], j[1], args.gpu),
+        lambda j: evaluate(run_dir(runs, *j) / "final", runs / f"{j[0]}-s{j[1]}-eval.json", sets, eval_cfg,
+                           benchmarks_for(exps[j[0]], eval_cfg, j[0]), False),
+        args.jobs, "experiments",
+        extra=lambda: evaluate(runs / "init", runs / "untrained-eval.json", sets, eval_cfg,
+                               benchmarks_for({}, eval_cfg, "untrained"), True))
     if args.no_results:
         return
     import torch
@@ -462,11 +514,7 @@ def main(argv=None) -> None:
                     "gpu": args.gpu, "jobs": args.jobs, "threads_per_process": THREADS["per_process"], "load_avg_at_start": [round(x, 2) for x in start["load"]],
                     "wall_s": round(time.time() - start["time"], 1)},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, RESULTS)
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, results)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -57,12 +55,7 @@ def eval_worker(model_dir: str, out: str, sets: str, baseline: bool) -> None:
 def evaluate(model_dir: Path, out: Path, sets: Path, baseline: bool) -> dict:
     """Evaluate one checkpoint in a subprocess; reuse a stored result only for the same weights,
     sets, evaluation config and code (a variant retrained under its old name is re-evaluated)."""
-    import hashlib
-    h = hashlib.sha256()
-    for f in sorted(Path(model_dir).iterdir()):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".pt", ".bin"):
-            h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
-    key = {"model": h.hexdigest(), "eval": R.load_yaml(CONFIG)["eval"], "baseline": baseline,
+    key = {"model": R.model_key(model_dir), "eval": R.load_yaml(CONFIG)["eval"], "baseline": baseline,
            "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"]}
     if out.is_file():
         old = json.loads(out.read_text())
@@ -120,31 +113,12 @@ def main(argv=None) -> None:
             raise SystemExit(f"{CONFIG}: variant {name!r}: unknown init {v['init']!r}")
     R.init_model(runs, corpus)
     sets = R.eval_sets(corpus, runs, {**cfg["eval"], "mldr_queries": 0, "mldr_corpus": 0})
-    from tqdm import tqdm
-    bar = tqdm(total=2 * len(variants) + 1, desc="dense-stage sweep", dynamic_ncols=True)
-    records, evals, done = {}, {}, {name: threading.Event() for name in variants}
-
-    def job(name):
-        v = variants[name]
-        try:
-            if v["init"] != "init":
-                done[v["init"]].wait()
-                if v["init"] not in records:
-                    raise SystemExit(f"{name}: its start {v['init']} failed")
-            records[name] = R.train(runs, corpus, name, v, 0, False)
-        finally:
-            done[name].set()
-            bar.update()
-        evals[name] = evaluate(R.run_dir(runs, name, 0) / "final", runs / f"{name}-dev-eval.json", sets, False)
-        bar.update()
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(job, n) for n in variants]
-        untrained = evaluate(runs / "init", runs / "untrained-dev-eval.json", sets, True)
-        bar.update()
-        for f in futures:
-            f.result()
-    bar.close()
+    records, evals, untrained = R.run_jobs(
+        list(variants), lambda name: None if variants[name]["init"] == "init" else variants[name]["init"],
+        lambda name: R.train(runs, corpus, name, variants[name], 0, False),
+        lambda name: evaluate(R.run_dir(runs, name, 0) / "final", runs / f"{name}-dev-eval.json", sets, False),
+        args.jobs, "dense-stage sweep",
+        extra=lambda: evaluate(runs / "init", runs / "untrained-dev-eval.json", sets, True))
     import torch
     results = {
         "regenerate": "python benchmarks/experiments/tuning/dense_stage_sweep.py --corpus CORPUS",
@@ -159,10 +133,7 @@ def main(argv=None) -> None:
                     "jobs": args.jobs, "threads_per_process": R.THREADS["per_process"],
                     "invocation_wall_s": round(time.time() - start, 1)},  # small when finished runs were reused
     }
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, RESULTS)
-    print(f"wrote {RESULTS}")
+    R.write_results(RESULTS, results)
 
 
 if __name__ == "__main__":

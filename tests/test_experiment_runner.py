@@ -1,0 +1,77 @@
+"""The experiment runner's scheduler and reuse keys (benchmarks/experiments/run_experiments.py),
+shared with the dense-stage sweep: a stage waits for the one it starts from, no more than `n_jobs`
+subprocesses run at once, a failed start fails its children, and a finished run is recognised by
+what it computed, not by the folder it lies in."""
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
+import run_experiments as R  # noqa: E402
+
+STARTS = {"a": None, "b": "a", "c": "b", "d": None, "e": None}  # job: the job it starts from
+
+
+def recorder():
+    state = {"running": 0, "peak": 0, "order": []}
+    lock = threading.Lock()
+
+    def work(tag, fail=()):
+        def run(job):
+            with lock:
+                state["running"] += 1
+                state["peak"] = max(state["peak"], state["running"])
+                state["order"].append((tag, job))
+            time.sleep(0.02)
+            with lock:
+                state["running"] -= 1
+            if job in fail:
+                raise ValueError(f"{tag} {job} failed")
+            return f"{tag}-{job}"
+        return run
+    return state, work
+
+
+def test_run_jobs_waits_for_starts_and_bounds_the_work():
+    state, work = recorder()
+    records, evals, extra = R.run_jobs(list(STARTS), STARTS.get, work("train"), work("eval"), 2, "test",
+                                       extra=lambda: work("extra")("untrained"))
+    assert records == {j: f"train-{j}" for j in STARTS} and evals == {j: f"eval-{j}" for j in STARTS}
+    assert extra == "extra-untrained"
+    assert state["peak"] == 2  # two at once, never three
+    at = {step: i for i, step in enumerate(state["order"])}
+    for job, start in STARTS.items():
+        assert at["eval", job] > at["train", job]
+        if start:
+            assert at["train", job] > at["train", start]
+
+
+def test_a_failed_start_fails_its_children_not_the_others():
+    state, work = recorder()
+    with pytest.raises(ValueError, match="train b failed"):
+        R.run_jobs(list(STARTS), STARTS.get, work("train", fail={"b"}), work("eval"), 2, "test")
+    trained = {job for tag, job in state["order"] if tag == "train"}
+    assert "c" not in trained and {"a", "d", "e"} <= trained
+
+
+def test_model_key_names_contents_not_the_folder(tmp_path):
+    src = ROOT / "data_samples" / "m3-mini"
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(src, copy)
+    assert R.model_key(copy) == R.model_key(src)
+    (copy / "sparse_linear.pt").write_bytes((copy / "sparse_linear.pt").read_bytes() + b"\0")
+    assert R.model_key(copy) != R.model_key(src)
+
+
+def test_train_key_ignores_the_output_folder(tmp_path):
+    src = ROOT / "data_samples" / "m3-mini"
+    shutil.copytree(src, tmp_path / "start")
+    values = {"model": str(src), "output_dir": str(tmp_path / "run-a"), "max_steps": 7}
+    moved = {**values, "model": str(tmp_path / "start"), "output_dir": str(tmp_path / "run-b")}
+    assert R.train_key(values) == R.train_key(moved)
+    assert R.train_key(values) != R.train_key({**values, "max_steps": 8})
