@@ -99,6 +99,8 @@ def export(final: Path, out: Path, record: dict) -> None:
     config["torch_dtype"] = config["dtype"] = "float32"  # stored in float16, computed in float32
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "recipe.json").write_text(json.dumps(record, indent=1) + "\n")
+    if (out / "README.md").is_file():  # the model card is written by hand: keep it
+        shutil.copy2(out / "README.md", tmp / "README.md")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
