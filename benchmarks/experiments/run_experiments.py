@@ -163,8 +163,10 @@ def train_values(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu:
     extra = dict(cfg.get("train") or {})
     values["m3"] = {**(values.get("m3") or {}), **extra.pop("m3", {})}
     values.update(extra)
-    if gpu:
-        values.update(load_yaml(RECIPE_DIR / "gpu.yaml").get(cfg["recipe"], {}))
+    if gpu:  # the recipe's GPU sizes, then those of this experiment alone
+        sizes = load_yaml(RECIPE_DIR / "gpu.yaml")
+        values.update(sizes.get(cfg["recipe"], {}))
+        values.update(sizes.get("experiments", {}).get(name, {}))
     for key in DATA_KEYS:
         if values.get(key):
             values[key] = corpus_paths(corpus, values[key], cfg.get("languages"))
