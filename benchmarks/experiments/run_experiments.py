@@ -325,12 +325,20 @@ def benchmarks_for(cfg: dict, eval_cfg: dict, tag: str) -> dict:
     return {b: langs for b, langs in eval_cfg["benchmarks"].items() if b != "mldr" or tag in eval_cfg["mldr_models"]}
 
 
+def worker_digest() -> str:
+    """Digest of `eval_one` as this file holds it now, which is what an evaluation subprocess runs. Read
+    from disk and parsed, not with `inspect.getsource`: in a long run, an edit above the function shifts
+    the line numbers the running process remembers, and inspect would hash the wrong lines."""
+    import ast
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    return FP.code_digest(ast.unparse(next(n for n in tree.body if getattr(n, "name", None) == "eval_one")))
+
+
 def evaluate(model_dir, out_json: Path, sets: Path, eval_cfg: dict, benchmarks: dict, baseline: bool) -> dict:
     """Evaluate one checkpoint in a subprocess; reuse a result of the same model, sets and code."""
-    import inspect
     key = {"model": model_key(model_dir), "eval": eval_cfg, "benchmarks": benchmarks, "baseline": baseline,
            "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"],
-           "worker": FP.code_digest(inspect.getsource(eval_one))}
+           "worker": worker_digest()}
     if out_json.is_file():
         old = json.loads(out_json.read_text())
         if old.get("key") == key:
