@@ -12,7 +12,7 @@ this one; or null with `backbone: minilm`: all-MiniLM-L6-v2 from PyPI with fresh
 `seeds`, and `train` (TrainConfig fields over the recipe's, `m3` merged key by key).
 `heads: pytorch_default` starts fresh heads with PyTorch's own initialisation (the sparse-head
 collapse ablation); `languages: [en]` keeps the training files of those languages.
-The experiments `retromae`, `dense` and `m3` (seed 0) are the recipe of the shipped m3-mini.
+The experiments `dense_mono`, `dense` and `m3` (seed 0) are the recipe of the shipped m3-mini.
 
 eval.yaml says what every checkpoint is evaluated on: deterministic subsets of the corpus' test
 sets (at most `queries` queries per language, every judged passage plus distractors up to
