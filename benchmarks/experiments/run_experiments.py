@@ -158,15 +158,23 @@ def start_model(runs: Path, corpus: Path, name: str, cfg: dict, seed: int) -> st
     return str(model)
 
 
-def train_values(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
+def recipe_values(name: str, cfg: dict, gpu: bool = False) -> dict:
+    """An experiment's TrainConfig fields as its files state them (data paths not yet resolved): its
+    recipe file of configs/m3-mini/, then its `train` overrides (`m3` merged key by key), then with
+    `gpu` the recipe's GPU sizes and those of this experiment alone (configs/m3-mini/gpu.yaml)."""
     values = load_yaml(RECIPE_DIR / f"{cfg['recipe']}.yaml")
     extra = dict(cfg.get("train") or {})
     values["m3"] = {**(values.get("m3") or {}), **extra.pop("m3", {})}
     values.update(extra)
-    if gpu:  # the recipe's GPU sizes, then those of this experiment alone
+    if gpu:
         sizes = load_yaml(RECIPE_DIR / "gpu.yaml")
         values.update(sizes.get(cfg["recipe"], {}))
         values.update(sizes.get("experiments", {}).get(name, {}))
+    return values
+
+
+def train_values(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
+    values = recipe_values(name, cfg, gpu)
     for key in DATA_KEYS:
         if values.get(key):
             values[key] = corpus_paths(corpus, values[key], cfg.get("languages"))
@@ -185,13 +193,17 @@ def model_key(model_dir) -> str:
     return h.hexdigest()
 
 
-def train_key(values: dict) -> dict:
-    """What a training run computes: its TrainConfig as stored (string keys), with the start
-    checkpoint named by its contents and the output folder left out, so that a finished run
-    moved or copied to another runs folder is still recognised as the same training."""
+def stored_config(values: dict) -> dict:
+    """The TrainConfig of `values` as a run's record stores it (JSON: string keys)."""
     from m3ref.config import load_config
-    key = json.loads(json.dumps(load_config(None, **values).to_dict()))
-    key.pop("output_dir")
+    return json.loads(json.dumps(load_config(None, **values).to_dict()))
+
+
+def train_key(config: dict) -> dict:
+    """What a training run computes: its stored config with the start checkpoint named by its
+    contents and the output folder left out, so that a finished run moved or copied to another
+    runs folder is still recognised as the same training."""
+    key = {k: v for k, v in config.items() if k != "output_dir"}
     key["model"] = model_key(key["model"])
     return key
 
@@ -200,10 +212,10 @@ def train(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) 
     """Train one (experiment, seed) unless a finished run with the same `train_key` and training
     code exists; return its record (config, CPU time, loss curve)."""
     import yaml
-    from m3ref.config import load_config
     out = run_dir(runs, name, seed)
     values = train_values(runs, corpus, name, cfg, seed, gpu)
-    want = train_key(values)
+    config = stored_config(values)
+    want = train_key(config)
     record_path, code = out / "experiment_record.json", FP.training_digest()
     if (out / "final" / "config.json").is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
@@ -216,7 +228,7 @@ def train(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) 
                 out / "train.log")
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
     keys = ("step", "stage", "lr", "L_final", "L_dense", "L_lex", "L_mul", "L_prime", "L_enc", "L_dec", "grad_norm")
-    record = {"train_config": json.loads(json.dumps(load_config(None, **values).to_dict())), "train_key": want,
+    record = {"train_config": config, "train_key": want,
               "training_code": code, "train_cpu_s": round(cpu, 1),
               "train_wall_s": round(time.time() - t0, 1), "steps": len(log),
               "loss_curve": {k: [r.get(k) for r in log] for k in keys}}
