@@ -2,6 +2,7 @@
 shared with the dense-stage sweep: a stage waits for the one it starts from, no more than `n_jobs`
 subprocesses run at once, a failed start fails its children, and a finished run is recognised by
 what it computed, not by the folder it lies in."""
+import json
 import shutil
 import sys
 import threading
@@ -76,3 +77,27 @@ def test_train_key_ignores_the_output_folder(tmp_path):
     key = lambda v: R.train_key(R.stored_config(v))  # noqa: E731
     assert key(values) == key(moved)
     assert key(values) != key({**values, "max_steps": 8})
+
+
+def test_evaluate_once_reuses_only_a_result_of_the_same_key(tmp_path):
+    out, calls = tmp_path / "eval.json", tmp_path / "calls"
+    # the worker appends to `calls` and writes a result: how many times it ran is the count of lines
+    worker = (f"import json, pathlib; open({str(calls)!r}, 'a').write('x\\n'); "
+              f"pathlib.Path({str(out)!r}).write_text(json.dumps({{'score': 1}}))")
+    cmd = [sys.executable, "-c", worker]
+    first = R.evaluate_once(out, {"model": "m", "worker": "w1"}, cmd)
+    again = R.evaluate_once(out, {"model": "m", "worker": "w1"}, cmd)
+    assert first["score"] == again["score"] == 1 and calls.read_text().count("x") == 1
+    R.evaluate_once(out, {"model": "m", "worker": "w2"}, cmd)  # an edited worker: evaluated again
+    assert calls.read_text().count("x") == 2
+    assert json.loads(out.read_text())["key"] == {"model": "m", "worker": "w2"}
+
+
+def test_worker_digest_follows_the_function_not_its_neighbours(tmp_path):
+    f = tmp_path / "w.py"
+    f.write_text("def a():\n    return 1\n\n\ndef worker():\n    return 2\n")
+    before = R.worker_digest(f, "worker")
+    f.write_text("def a():\n    x = 3\n    return x\n\n\ndef worker():\n    return 2\n")
+    assert R.worker_digest(f, "worker") == before
+    f.write_text("def a():\n    return 1\n\n\ndef worker():\n    return 3\n")
+    assert R.worker_digest(f, "worker") != before

@@ -337,31 +337,38 @@ def benchmarks_for(cfg: dict, eval_cfg: dict, tag: str) -> dict:
     return {b: langs for b, langs in eval_cfg["benchmarks"].items() if b != "mldr" or tag in eval_cfg["mldr_models"]}
 
 
-def worker_digest() -> str:
-    """Digest of `eval_one` as this file holds it now, which is what an evaluation subprocess runs. Read
-    from disk and parsed, not with `inspect.getsource`: in a long run, an edit above the function shifts
-    the line numbers the running process remembers, and inspect would hash the wrong lines."""
+def worker_digest(path: Path, name: str) -> str:
+    """Digest of function `name` as the file at `path` holds it now, which is what an evaluation
+    subprocess runs. Read from disk and parsed, not with `inspect.getsource`: in a long run, an edit
+    above the function shifts the line numbers the running process remembers, and inspect would hash
+    the wrong lines."""
     import ast
-    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    return FP.code_digest(ast.unparse(next(n for n in tree.body if getattr(n, "name", None) == "eval_one")))
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    return FP.code_digest(ast.unparse(next(n for n in tree.body if getattr(n, "name", None) == name)))
 
 
-def evaluate(model_dir, out_json: Path, sets: Path, eval_cfg: dict, benchmarks: dict, baseline: bool) -> dict:
-    """Evaluate one checkpoint in a subprocess; reuse a result of the same model, sets and code."""
-    key = {"model": model_key(model_dir), "eval": eval_cfg, "benchmarks": benchmarks, "baseline": baseline,
-           "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"],
-           "worker": worker_digest()}
+def evaluate_once(out_json: Path, key: dict, cmd: list) -> dict:
+    """Run the evaluation worker `cmd`, which writes out_json, unless out_json already holds a result
+    of the same `key` (weights, sets, config, code); store the key and the worker's CPU seconds."""
     if out_json.is_file():
         old = json.loads(out_json.read_text())
         if old.get("key") == key:
             return old
-    cmd = [PY, __file__, "--eval-one", str(model_dir), "--out", str(out_json), "--sets", str(sets),
-           "--benchmarks", json.dumps(benchmarks)] + (["--baseline"] if baseline else [])
     cpu = timed(cmd, out_json.with_suffix(".log"))
     res = json.loads(out_json.read_text())
     res.update(eval_cpu_s=round(cpu, 1), key=key)
     out_json.write_text(json.dumps(res))
     return res
+
+
+def evaluate(model_dir, out_json: Path, sets: Path, eval_cfg: dict, benchmarks: dict, baseline: bool) -> dict:
+    """Evaluate one checkpoint in a subprocess (`eval_one`); reuse a result of the same model, sets and code."""
+    key = {"model": model_key(model_dir), "eval": eval_cfg, "benchmarks": benchmarks, "baseline": baseline,
+           "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"],
+           "worker": worker_digest(Path(__file__), "eval_one")}
+    cmd = [PY, __file__, "--eval-one", str(model_dir), "--out", str(out_json), "--sets", str(sets),
+           "--benchmarks", json.dumps(benchmarks)] + (["--baseline"] if baseline else [])
+    return evaluate_once(out_json, key, cmd)
 
 
 def eval_one(model_dir: str, out: str, sets: str, benchmarks: dict, baseline: bool) -> None:
@@ -534,7 +541,7 @@ def main(argv=None) -> None:
         "runs": {n: {str(s): {**records[n, s], "eval": evals[n, s]} for s in c["seeds"]} for n, c in exps.items()},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                     "gpu": args.gpu, "jobs": args.jobs, "threads_per_process": THREADS["per_process"], "load_avg_at_start": [round(x, 2) for x in start["load"]],
-                    "wall_s": round(time.time() - start["time"], 1)},
+                    "invocation_wall_s": round(time.time() - start["time"], 1)},  # small when finished runs were reused
     }
     write_results(RESULTS, results)
 

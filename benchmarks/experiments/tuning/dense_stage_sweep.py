@@ -53,19 +53,16 @@ def eval_worker(model_dir: str, out: str, sets: str, baseline: bool) -> None:
 
 
 def evaluate(model_dir: Path, out: Path, sets: Path, baseline: bool) -> dict:
-    """Evaluate one checkpoint in a subprocess; reuse a stored result only for the same weights,
-    sets, evaluation config and code (a variant retrained under its old name is re-evaluated)."""
+    """Evaluate one checkpoint in a subprocess (`eval_worker`); reuse a stored result only for the same
+    weights, sets, evaluation config and code, the worker's included (a variant retrained under its old
+    name is re-evaluated)."""
     key = {"model": R.model_key(model_dir), "eval": R.load_yaml(CONFIG)["eval"], "baseline": baseline,
-           "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"]}
-    if out.is_file():
-        old = json.loads(out.read_text())
-        if old.pop("key", None) == key:
-            return old
-    R.timed([R.PY, __file__, "--eval-one", str(model_dir), "--out", str(out), "--sets", str(sets)]
-            + (["--baseline"] if baseline else []), out.with_suffix(".log"))
-    res = json.loads(out.read_text())
-    out.write_text(json.dumps({**res, "key": key}))
-    return res
+           "sets": json.loads((sets / "done.json").read_text()), "source": FP.fingerprint()["source"],
+           "worker": R.worker_digest(Path(__file__), "eval_worker")}
+    cmd = [R.PY, __file__, "--eval-one", str(model_dir), "--out", str(out), "--sets", str(sets)] \
+        + (["--baseline"] if baseline else [])
+    res = R.evaluate_once(out, key, cmd)
+    return {k: v for k, v in res.items() if k not in ("key", "eval_cpu_s")}
 
 
 def recipe_files(variants: dict, root: Path = FP.ROOT) -> dict:
@@ -78,11 +75,14 @@ def recipe_files(variants: dict, root: Path = FP.ROOT) -> dict:
 
 def stale(root: Path = FP.ROOT) -> list:
     """What changed since RESULTS was written: this sweep's config, the m3ref code that can change
-    a number (training and evaluation), or the m3-mini configs it reads; [] when it is fresh."""
+    a number (training and evaluation), its evaluation worker, or the m3-mini configs it reads;
+    [] when it is fresh."""
     stored = json.loads((root / RESULTS.relative_to(FP.ROOT)).read_text())
     config = R.load_yaml(root / CONFIG.relative_to(FP.ROOT))
     checks = (("configs/tuning/dense_stage.yaml", stored["config"] == config),
               ("the m3ref source", stored["source"] == FP.fingerprint(root)["source"]),
+              ("its eval_worker", stored.get("worker") == R.worker_digest(root / Path(__file__).relative_to(FP.ROOT),
+                                                                       "eval_worker")),
               ("configs/m3-mini/", stored["recipe_files"] == recipe_files(config["variants"], root)))
     return [what for what, same in checks if not same]
 
@@ -122,7 +122,8 @@ def main(argv=None) -> None:
     import torch
     results = {
         "regenerate": "python benchmarks/experiments/tuning/dense_stage_sweep.py --corpus CORPUS",
-        "config": cfg, "source": FP.fingerprint()["source"], "recipe_files": recipe_files(variants),
+        "config": cfg, "source": FP.fingerprint()["source"],
+        "worker": R.worker_digest(Path(__file__), "eval_worker"), "recipe_files": recipe_files(variants),
         "eval_sets": json.loads((sets / "done.json").read_text()),
         "untrained": untrained,
         "variants": {n: {"steps": records[n]["steps"], "train_wall_s": records[n]["train_wall_s"],
