@@ -230,15 +230,25 @@ def timed(fn: Callable, device: str = "cpu") -> tuple:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def compare_times(fns: dict, repeat: int, device: str = "cpu", warmup: int = 1) -> dict:
+def calls_per_round(fn: Callable, seconds: float = 1.0, cap: int = 50, device: str = "cpu") -> int:
+    """Call fn once (an untimed warm-up) and return how many calls in a row last about `seconds`:
+    the `number` for `compare_times` that makes a short function's round long enough to time."""
+    wall, _ = timed(fn, device)
+    return min(cap, max(1, round(seconds / max(wall, 1e-9))))
+
+
+def compare_times(fns: dict, repeat: int, device: str = "cpu", warmup: int = 1, number: Optional[dict] = None) -> dict:
     """Run the functions interleaved (a, b, a, b, ...) `repeat` times after `warmup` rounds.
 
-    Returns {"median": {name: wall s}, "all": {name: [wall s]}, "cpu": {name: [CPU s]}}.
+    Returns {"median": {name: wall s}, "all": {name: [wall s]}, "cpu": {name: [CPU s]}}, per call.
     Interleaving gives every contender the same share of a shared machine's load; `ratio()`
     compares them round by round. CPU time (all threads of this process) does not count the
     time spent waiting for a core another process holds, so its ratios are steadier on a
-    loaded machine (on a GPU only wall time means anything).
+    loaded machine (on a GPU only wall time means anything). `number` ({name: calls}, default 1)
+    times a short function over several calls in a row and records their mean, as `timeit` does:
+    a 0.3 s call against a 2 s one is otherwise at the mercy of one scheduler hiccup.
     """
+    number = {k: (number or {}).get(k, 1) for k in fns}
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -247,9 +257,9 @@ def compare_times(fns: dict, repeat: int, device: str = "cpu", warmup: int = 1) 
     for _ in range(repeat):
         for k, fn in fns.items():
             gc.collect()
-            w, c = timed(fn, device)
-            times[k].append(w)
-            cpu[k].append(c)
+            w, c = timed(lambda: [fn() for _ in range(number[k])], device)
+            times[k].append(w / number[k])
+            cpu[k].append(c / number[k])
     return {"median": {k: statistics.median(v) for k, v in times.items()}, "all": times, "cpu": cpu}
 
 

@@ -74,6 +74,25 @@ def test_sparse_retrieval_top10_is_exact():
     assert r["sparse_retrieval_vs_flagembedding"] > 0 and r["sparse_retrieval_qps_2k"] > 0
 
 
+def test_compare_times_records_the_mean_of_several_calls_per_round():
+    import time
+
+    import common as C
+    calls = {"short": 0, "long": 0}
+
+    def short():
+        calls["short"] += 1
+        time.sleep(0.002)
+
+    def long():
+        calls["long"] += 1
+        time.sleep(0.006)
+
+    t = C.compare_times({"short": short, "long": long}, repeat=3, warmup=1, number={"short": 4})
+    assert calls == {"short": 1 + 3 * 4, "long": 1 + 3}          # warm-up once, then 4 calls per round
+    assert len(t["all"]["short"]) == 3 and 0.002 <= t["median"]["short"] < t["median"]["long"]
+
+
 def test_sparse_corpus_as_matrix_is_the_corpus_as_dicts():
     """The 1M-document corpus (drawn as arrays) is the same corpus as the dicts of smaller runs."""
     import numpy as np
