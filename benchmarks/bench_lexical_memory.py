@@ -183,8 +183,11 @@ def run(mode: str = "quick", sizes: dict = None) -> dict:
         step_theirs()
         loss_diff = max(loss_diff, abs(losses["m3ref"] - losses["flag"]) / abs(losses["flag"]))
         if depth == s["depths"][-1]:
+            # each side's rounds last about two seconds (one step per round put two idle runs 43 % apart)
+            number = {"flag": C.calls_per_round(step_theirs, 2.0, device=device),
+                      "m3ref": C.calls_per_round(step_ours, 2.0, device=device)}
             times = C.compare_times({"flag": step_theirs, "m3ref": step_ours}, repeat=s["rounds"], device=device,
-                                    warmup=0)
+                                    warmup=0, number=number)
         del ours, theirs
     coef = {lib: fit(points[lib]) for lib in points}
     fit_error = {lib: abs(predict(coef[lib], d, t) / p - 1) for lib, (d, t, p) in check.items()}
