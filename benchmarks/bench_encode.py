@@ -40,7 +40,10 @@ get the same `batch_size` argument.
 
 Timing: after a warm-up call of each on 4 texts, `rounds` alternating rounds (FlagEmbedding,
 m3ref, m3ref at the same batch size); each ratio is the median of the per-round ratios, with
-their range (`_min`, `_max`).
+their range (`_min`, `_max`). On the tiny shape one call lasts 1-3 s, so a round times each
+contender over as many calls in a row as last about six seconds (`round_seconds`,
+`common.calls_per_round`; the counts are reported): with one call per round the two stored runs
+were 12.6 % apart.
 
 Overhead above the encoder, in the call: hooks time every `model.encoder(...)` call inside
 each timed m3ref `encode` call (the same calls as above), and the figure is the call's time over
@@ -75,7 +78,7 @@ FLAG_BATCH, M3REF_BATCH = 256, 32  # the two libraries' default batch sizes
 SIZES = {
     # shape -> k (encode every k-th text of the length-sorted input, FlagEmbedding's batch size / k)
     "quick": dict(n_texts=2000, min_tokens=10, max_tokens=2000, max_length=8192, rounds=5,
-                  cases={"realistic": 16, "tiny": 16}, paired_check=["tiny"]),
+                  cases={"realistic": 16, "tiny": 16}, paired_check=["tiny"], round_seconds={"tiny": 6.0}),
     "full": dict(n_texts=2000, min_tokens=10, max_tokens=2000, max_length=8192, rounds=5,
                  cases={"realistic": 1, "tiny": 1, "bge_m3": 1}, paired_check=["tiny"]),
 }
@@ -148,8 +151,11 @@ def _measure(shape: str, k: int, texts_all: list, lengths_all: list, s: dict, de
 
     encode_ours(texts[:4], ob)  # warm-up: thread pools, first-call kernels
     encode_theirs(texts[:4])
-    times = C.compare_times({"flag": run_theirs, "m3ref": run_ours, "m3ref_same": run_ours_same},
-                            repeat=s["rounds"], device=device, warmup=0)
+    fns = {"flag": run_theirs, "m3ref": run_ours, "m3ref_same": run_ours_same}
+    secs = s.get("round_seconds", {}).get(shape)  # a short call: time several in a row per round
+    number = {k: C.calls_per_round(fn, secs) for k, fn in fns.items()} if secs else None
+    calls.clear()  # calls_per_round's untimed call of run_ours
+    times = C.compare_times(fns, repeat=s["rounds"], device=device, warmup=0, number=number)
     in_call = [c["total"] / c["encoder"] for c in calls]
     a, b = out["m3ref"], out["flag"]
     res = {
@@ -161,6 +167,7 @@ def _measure(shape: str, k: int, texts_all: list, lengths_all: list, s: dict, de
         f"encode_m3ref_s{sfx}": times["median"]["m3ref"],
         f"encode_m3ref_same_batch_s{sfx}": times["median"]["m3ref_same"],
         f"encode_flag_s{sfx}": times["median"]["flag"],
+        **{f"encode_calls_per_round_{k}{sfx}": float(v) for k, v in (number or {}).items()},
         f"encode_n_texts{sfx}": float(len(texts)),
         f"encode_sample_every{sfx}": float(k),
         f"encode_flag_batch_size{sfx}": float(fb),
@@ -196,8 +203,9 @@ def _measure(shape: str, k: int, texts_all: list, lengths_all: list, s: dict, de
         def run_tokenize():
             ours.tokenize(texts, s["max_length"], warn=False)
 
-        paired = C.compare_times({"m3ref": lambda: encode_ours(texts, ob), "bare": run_bare,
-                                  "tokenize": run_tokenize}, repeat=s["rounds"], device=device, warmup=0)
+        fns = {"m3ref": lambda: encode_ours(texts, ob), "bare": run_bare, "tokenize": run_tokenize}
+        number = {k: C.calls_per_round(fn, secs) for k, fn in fns.items()} if secs else None
+        paired = C.compare_times(fns, repeat=s["rounds"], device=device, warmup=0, number=number)
         res.update({
             **C.spread(f"encode_overhead_paired_rounds{sfx}", C.ratios(paired, "m3ref", "bare")),
             f"encode_tokenize_share{sfx}": statistics.median(C.ratios(paired, "tokenize", "m3ref")),

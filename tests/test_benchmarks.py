@@ -172,7 +172,8 @@ def test_max_batch_fit_is_affine_in_depth_and_batch():
 
 def test_encode_outputs_match_flagembedding():
     import bench_encode
-    r = bench_encode.run("quick", {"n_texts": 40, "max_tokens": 200, "cases": {"tiny": 2}, "rounds": 1})
+    r = bench_encode.run("quick", {"n_texts": 40, "max_tokens": 200, "cases": {"tiny": 2}, "rounds": 1,
+                                   "round_seconds": {"tiny": 0.2}})
     floats(r, ["encode_vs_flagembedding_tiny", "encode_vs_flagembedding_tiny_same_batch",
                "encode_overhead_vs_bare_encoder_tiny", "encode_overhead_paired_rounds_tiny",
                "encode_flop_model_ratio_tiny"])
@@ -185,6 +186,8 @@ def test_encode_outputs_match_flagembedding():
     assert r["encode_n_texts_tiny"] == 20 and r["encode_flag_batch_size_tiny"] == 128
     assert r["encode_padded_tokens_m3ref_tiny"] >= r["encode_n_tokens_tiny"]
     assert r["encode_padded_tokens_flag_tiny"] > r["encode_padded_tokens_m3ref_tiny"]  # its probe, at least
+    # a round times each contender over at least one call, as many as last about round_seconds
+    assert all(r[f"encode_calls_per_round_{k}_tiny"] >= 1 for k in ("flag", "m3ref", "m3ref_same"))
 
 
 def test_encode_length_mix_spans_the_range():
