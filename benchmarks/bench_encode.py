@@ -77,7 +77,7 @@ SUFFIX = {"realistic": "", "tiny": "_tiny", "bge_m3": "_bge_m3"}  # key suffix p
 FLAG_BATCH, M3REF_BATCH = 256, 32  # the two libraries' default batch sizes
 SIZES = {
     # shape -> k (encode every k-th text of the length-sorted input, FlagEmbedding's batch size / k)
-    "quick": dict(n_texts=2000, min_tokens=10, max_tokens=2000, max_length=8192, rounds=5,
+    "quick": dict(n_texts=2000, min_tokens=10, max_tokens=2000, max_length=8192, rounds=9,
                   cases={"realistic": 16, "tiny": 16}, paired_check=["tiny"], round_seconds={"tiny": 6.0}),
     "full": dict(n_texts=2000, min_tokens=10, max_tokens=2000, max_length=8192, rounds=5,
                  cases={"realistic": 1, "tiny": 1, "bge_m3": 1}, paired_check=["tiny"]),

@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/run.py --quick --json OUT.json      # CPU, about 15 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --full --json OUT.json       # a GPU (bf16), bigger sizes
     .venv/bin/python benchmarks/run.py --quick --json B.json --previous A.json   # a second run, compared
+    .venv/bin/python benchmarks/run.py --json D.json --merge-into B.json --why "..."  # a re-run pair C, D of
+                                                             # some benchmarks replaces theirs in the pair A, B
 
 OUT.json holds only float values (the keys below and each benchmark's extra figures);
 OUT.meta.json holds the machine, the torch threads and the load average before and after each
@@ -91,14 +93,55 @@ def run_one(name: str, mode: str, threads, out: str) -> int:
     return 0
 
 
+def is_ratio(key: str) -> bool:
+    """A figure that divides two measurements of the same run (m3ref against a baseline, a call
+    against its encoder), as opposed to an absolute speed such as queries per second."""
+    return "_vs_" in key or "overhead" in key
+
+
 def stability(figures: dict, previous: dict) -> dict:
-    """For each figure measured over rounds (it has _min and _max): both runs' medians and
-    |this / previous - 1|."""
+    """For each figure measured over rounds (it has _min and _max): both runs' medians,
+    |this / previous - 1| and whether it is a ratio (`is_ratio`). A ratio should agree within
+    STABLE; an absolute speed also follows the machine's own speed, which on a shared virtual
+    machine drifts between runs."""
     out = {}
     for key, value in figures.items():
         if f"{key}_min" in figures and f"{key}_max" in figures and key in previous and previous[key]:
-            out[key] = {"this": value, "previous": previous[key], "rel_diff": abs(value / previous[key] - 1)}
+            out[key] = {"this": value, "previous": previous[key], "rel_diff": abs(value / previous[key] - 1),
+                        "ratio": is_ratio(key)}
     return out
+
+
+def merge_into(stored_path: str, new_path: str, why: str) -> list:
+    """Replace, in a stored pair of runs (STORED.json, its meta and the previous run it names), the
+    figures of the benchmarks that a newer pair re-ran (NEW.json, made with `--previous`), and
+    record the re-run under `reruns` in the stored meta. Returns the benchmarks merged."""
+    def load(path):
+        with open(path) as f:
+            return json.load(f)
+
+    meta_of = lambda path: os.path.splitext(path)[0] + ".meta.json"  # noqa: E731
+    figures, meta = load(stored_path), load(meta_of(stored_path))
+    new, new_meta = load(new_path), load(meta_of(new_path))
+    if "previous_run" not in new_meta or "previous_run" not in meta:
+        raise SystemExit(f"error: --merge-into wants two pairs made with --previous ({new_path}, {stored_path})")
+    names = sorted(new_meta["seconds"])
+    figures.update(new)
+    meta["previous_run"]["figures"].update(new_meta["previous_run"]["figures"])
+    for part in ("seconds", "sizes", "threads", "loadavg"):
+        meta[part].update({n: new_meta[part][n] for n in names if n in new_meta[part]})
+    meta["details"].update(new_meta["details"])
+    meta["targets"] = {k: {"target": f"{op} {v:g}", "value": figures.get(k), "met": met(k, figures[k])}
+                       for k, (op, v) in TARGETS.items() if k in figures}
+    meta["stability"] = stability(figures, meta["previous_run"]["figures"])
+    meta.setdefault("reruns", []).append({
+        "why": why, "benchmarks": names,
+        "started": [new_meta["previous_run"].get("started"), new_meta["started"]], "machine": new_meta["machine"]})
+    with open(stored_path, "w") as f:
+        json.dump(figures, f, indent=1, sort_keys=True)
+    with open(meta_of(stored_path), "w") as f:
+        json.dump(meta, f, indent=1, default=str)
+    return names
 
 
 def wait_quiet(limit_s: float, below: float = 1.5, hold_s: float = 60) -> float:
@@ -130,11 +173,19 @@ def main(argv=None) -> int:
     ap.add_argument("--previous", help="a previous run's OUT.json: store its figures and the runs' differences")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for the 1-minute load average to stay below 1.5 for a minute")
+    ap.add_argument("--merge-into", metavar="STORED.json",
+                    help="put this pair's benchmarks (--json, made with --previous) into a stored pair; needs --why")
+    ap.add_argument("--why", help="with --merge-into: why those benchmarks were re-run (kept in the meta file)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # worker: run one benchmark, write its outcome to --json
     args = ap.parse_args(argv)
     mode = args.mode or "quick"
     if args.one:
         return run_one(args.one, mode, args.threads, args.json)
+    if args.merge_into:
+        if not (args.json and args.why):
+            ap.error("--merge-into needs --json (the re-run pair's second run) and --why")
+        print("merged:", ", ".join(merge_into(args.merge_into, args.json, args.why)), file=sys.stderr)
+        return 0
     import torch
     if mode == "full" and not torch.cuda.is_available() and not args.allow_cpu:
         ap.error("--full wants a GPU (bf16, BGE-M3-sized models); pass --allow-cpu to run it on CPU anyway")
@@ -186,11 +237,18 @@ def main(argv=None) -> int:
     if args.previous:
         with open(args.previous) as f:
             previous = json.load(f)
-        meta["previous_run"] = {"file": os.path.basename(args.previous), "figures": previous}
+        try:
+            with open(os.path.splitext(args.previous)[0] + ".meta.json") as f:
+                started = json.load(f).get("started")
+        except (OSError, ValueError):
+            started = None
+        meta["previous_run"] = {"file": os.path.basename(args.previous), "started": started, "figures": previous}
         meta["stability"] = stability(figures, previous)
-        unstable = {k: v["rel_diff"] for k, v in meta["stability"].items() if v["rel_diff"] > STABLE}
-        print(f"figures over rounds that moved more than {STABLE:.0%} from {args.previous}: "
-              f"{unstable or 'none'}", file=sys.stderr)
+        for kind, ratio in (("ratios", True), ("absolute speeds", False)):
+            moved = {k: round(v["rel_diff"], 3) for k, v in meta["stability"].items()
+                     if v["ratio"] == ratio and v["rel_diff"] > STABLE}
+            print(f"{kind} over rounds that moved more than {STABLE:.0%} from {args.previous}: "
+                  f"{moved or 'none'}", file=sys.stderr)
 
     width = max(len(k) for k in figures) if figures else 0
     for key in sorted(figures):

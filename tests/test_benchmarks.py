@@ -1,5 +1,6 @@
 """The benchmarks (benchmarks/) at toy sizes: they run, return the documented keys as floats,
 and their figures are sane. The real figures come from `benchmarks/run.py --quick`."""
+import json
 import math
 import os
 import shutil
@@ -220,3 +221,34 @@ def test_run_compares_two_runs_and_checks_targets():
     this = {"a": 1.1, "a_min": 1.0, "a_max": 1.2, "b": 3.0}
     st = run.stability(this, {"a": 1.0, "b": 1.0})
     assert list(st) == ["a"] and st["a"]["rel_diff"] == pytest.approx(0.1)
+    assert run.is_ratio("encode_vs_flagembedding") and run.is_ratio("encode_overhead_vs_bare_encoder_tiny")
+    assert not run.is_ratio("sparse_retrieval_qps_100k")
+
+
+def test_merge_into_replaces_only_the_rerun_benchmarks(tmp_path):
+    """A re-run pair of one benchmark replaces its figures in both stored runs, keeps the others,
+    recomputes the differences and records why."""
+    import run
+
+    def write(name, figures, meta):
+        (tmp_path / f"{name}.json").write_text(json.dumps(figures))
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+
+    part = lambda n, x: {p: {n: x} for p in ("seconds", "sizes", "threads", "loadavg")}  # noqa: E731
+    stored = {"x_vs_y": 2.0, "x_vs_y_min": 1.9, "x_vs_y_max": 2.1, "encode_vs_flagembedding": 1.0,
+              "encode_vs_flagembedding_min": 0.9, "encode_vs_flagembedding_max": 1.1}
+    write("B", stored, {**part("sparse", 1), "details": {}, "started": "t1",
+                        "previous_run": {"figures": {**stored, "x_vs_y": 2.1, "encode_vs_flagembedding": 1.5}}})
+    new = {"encode_vs_flagembedding": 1.6, "encode_vs_flagembedding_min": 1.5, "encode_vs_flagembedding_max": 1.7}
+    write("D", new, {**part("encode", 9), "details": {"d": 1}, "started": "t4", "machine": {},
+                     "previous_run": {"started": "t3", "figures": {**new, "encode_vs_flagembedding": 1.7}}})
+    assert run.merge_into(str(tmp_path / "B.json"), str(tmp_path / "D.json"), "because") == ["encode"]
+    figures = json.loads((tmp_path / "B.json").read_text())
+    meta = json.loads((tmp_path / "B.meta.json").read_text())
+    assert figures["encode_vs_flagembedding"] == 1.6 and figures["x_vs_y"] == 2.0
+    assert meta["previous_run"]["figures"]["encode_vs_flagembedding"] == 1.7
+    assert meta["previous_run"]["figures"]["x_vs_y"] == 2.1
+    assert meta["stability"]["encode_vs_flagembedding"]["rel_diff"] == pytest.approx(abs(1.6 / 1.7 - 1))
+    assert meta["seconds"] == {"sparse": 1, "encode": 9} and meta["details"] == {"d": 1}
+    assert meta["targets"]["encode_vs_flagembedding"]["met"]
+    assert meta["reruns"] == [{"why": "because", "benchmarks": ["encode"], "started": ["t3", "t4"], "machine": {}}]
