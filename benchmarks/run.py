@@ -1,6 +1,6 @@
 """Run every benchmark and write one JSON of floats.
 
-    .venv/bin/python benchmarks/run.py --quick --json OUT.json      # CPU, about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --quick --json OUT.json      # CPU, about 35 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --full --json OUT.json       # a GPU (bf16), bigger sizes
     .venv/bin/python benchmarks/run.py --quick --json B.json --previous A.json   # a second run, compared
     .venv/bin/python benchmarks/run.py --json D.json --merge-into B.json --why "..."  # a re-run pair C, D of
