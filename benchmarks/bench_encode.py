@@ -151,9 +151,13 @@ def _measure(shape: str, k: int, texts_all: list, lengths_all: list, s: dict, de
 
     encode_ours(texts[:4], ob)  # warm-up: thread pools, first-call kernels
     encode_theirs(texts[:4])
-    fns = {"flag": run_theirs, "m3ref": run_ours, "m3ref_same": run_ours_same}
     secs = s.get("round_seconds", {}).get(shape)  # a short call: time several in a row per round
-    number = {k: C.calls_per_round(fn, secs) for k, fn in fns.items()} if secs else None
+
+    def calls_per_round(fns):  # compare_times' `number`: None (one call a round) without round_seconds
+        return {k: C.calls_per_round(fn, secs) for k, fn in fns.items()} if secs else None
+
+    fns = {"flag": run_theirs, "m3ref": run_ours, "m3ref_same": run_ours_same}
+    number = calls_per_round(fns)
     calls.clear()  # calls_per_round's untimed call of run_ours
     times = C.compare_times(fns, repeat=s["rounds"], device=device, warmup=0, number=number)
     in_call = [c["total"] / c["encoder"] for c in calls]
@@ -204,8 +208,7 @@ def _measure(shape: str, k: int, texts_all: list, lengths_all: list, s: dict, de
             ours.tokenize(texts, s["max_length"], warn=False)
 
         fns = {"m3ref": lambda: encode_ours(texts, ob), "bare": run_bare, "tokenize": run_tokenize}
-        number = {k: C.calls_per_round(fn, secs) for k, fn in fns.items()} if secs else None
-        paired = C.compare_times(fns, repeat=s["rounds"], device=device, warmup=0, number=number)
+        paired = C.compare_times(fns, repeat=s["rounds"], device=device, warmup=0, number=calls_per_round(fns))
         res.update({
             **C.spread(f"encode_overhead_paired_rounds{sfx}", C.ratios(paired, "m3ref", "bare")),
             f"encode_tokenize_share{sfx}": statistics.median(C.ratios(paired, "tokenize", "m3ref")),

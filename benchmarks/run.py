@@ -93,6 +93,17 @@ def run_one(name: str, mode: str, threads, out: str) -> int:
     return 0
 
 
+def target_verdicts(figures: dict) -> dict:
+    """{key: {"target", "value", "met"}} for every target key among `figures`."""
+    return {k: {"target": f"{op} {v:g}", "value": figures[k], "met": met(k, figures[k])}
+            for k, (op, v) in TARGETS.items() if k in figures}
+
+
+def meta_path(json_path: str) -> str:
+    """OUT.json -> OUT.meta.json, where a run keeps its details."""
+    return os.path.splitext(json_path)[0] + ".meta.json"
+
+
 def is_ratio(key: str) -> bool:
     """A figure that divides two measurements of the same run (m3ref against a baseline, a call
     against its encoder), as opposed to an absolute speed such as queries per second."""
@@ -120,9 +131,8 @@ def merge_into(stored_path: str, new_path: str, why: str) -> list:
         with open(path) as f:
             return json.load(f)
 
-    meta_of = lambda path: os.path.splitext(path)[0] + ".meta.json"  # noqa: E731
-    figures, meta = load(stored_path), load(meta_of(stored_path))
-    new, new_meta = load(new_path), load(meta_of(new_path))
+    figures, meta = load(stored_path), load(meta_path(stored_path))
+    new, new_meta = load(new_path), load(meta_path(new_path))
     if "previous_run" not in new_meta or "previous_run" not in meta:
         raise SystemExit(f"error: --merge-into wants two pairs made with --previous ({new_path}, {stored_path})")
     names = sorted(new_meta["seconds"])
@@ -131,15 +141,14 @@ def merge_into(stored_path: str, new_path: str, why: str) -> list:
     for part in ("seconds", "sizes", "threads", "loadavg"):
         meta[part].update({n: new_meta[part][n] for n in names if n in new_meta[part]})
     meta["details"].update(new_meta["details"])
-    meta["targets"] = {k: {"target": f"{op} {v:g}", "value": figures.get(k), "met": met(k, figures[k])}
-                       for k, (op, v) in TARGETS.items() if k in figures}
+    meta["targets"] = target_verdicts(figures)
     meta["stability"] = stability(figures, meta["previous_run"]["figures"])
     meta.setdefault("reruns", []).append({
         "why": why, "benchmarks": names,
         "started": [new_meta["previous_run"].get("started"), new_meta["started"]], "machine": new_meta["machine"]})
     with open(stored_path, "w") as f:
         json.dump(figures, f, indent=1, sort_keys=True)
-    with open(meta_of(stored_path), "w") as f:
+    with open(meta_path(stored_path), "w") as f:
         json.dump(meta, f, indent=1, default=str)
     return names
 
@@ -232,13 +241,12 @@ def main(argv=None) -> int:
     if args.book:
         meta["seconds"]["book_build"] = figures["book_build_s"] = book_build_seconds()
     meta["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
-    meta["targets"] = {k: {"target": f"{op} {v:g}", "value": figures.get(k), "met": met(k, figures[k])}
-                       for k, (op, v) in TARGETS.items() if k in figures}
+    meta["targets"] = target_verdicts(figures)
     if args.previous:
         with open(args.previous) as f:
             previous = json.load(f)
         try:
-            with open(os.path.splitext(args.previous)[0] + ".meta.json") as f:
+            with open(meta_path(args.previous)) as f:
                 started = json.load(f).get("started")
         except (OSError, ValueError):
             started = None
@@ -260,8 +268,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1, sort_keys=True)
-        root, _ = os.path.splitext(args.json)
-        with open(root + ".meta.json", "w") as f:
+        with open(meta_path(args.json), "w") as f:
             json.dump(meta, f, indent=1, default=str)
     return 1 if failed else 0
 
