@@ -5,6 +5,7 @@ sample data, the m3ref source with docstrings and comments stripped, and the exp
 """
 import json
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import fingerprint as FP  # noqa: E402
 pytestmark = [pytest.mark.experiments]
 
 WHAT = {"configs": "configs/experiments/*.yaml or configs/m3-mini/*.yaml", "data": "data_samples/build_corpus.py",
-        "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py or data_samples/build_m3_mini.py"}
+        "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py (but for the orchestration) or data_samples/build_m3_mini.py"}
 
 
 def test_results_exist():
@@ -56,6 +57,58 @@ def test_only_code_that_changes_numbers_counts(tmp_path):
     losses.write_text(losses.read_text().replace("(L + L_prime) / config.l_final_divisor",
                                                  "(L + L_prime) / (2 * config.l_final_divisor)"))
     assert FP.fingerprint(tmp_path)["source"] != before
+
+
+def test_orchestration_edits_do_not_count(tmp_path):
+    """Scheduling, progress and the gathering of results retrain nothing (FP.ORCHESTRATION); the code
+    that sets up a training or an evaluation does."""
+    import ast
+    import shutil
+    shutil.copytree(ROOT / "benchmarks" / "experiments", tmp_path / "benchmarks" / "experiments",
+                    ignore=shutil.ignore_patterns("__pycache__", "tuning"))
+    (tmp_path / "data_samples").mkdir()
+    shutil.copy(ROOT / "data_samples" / "build_m3_mini.py", tmp_path / "data_samples")
+    runner, own = tmp_path / FP.RUNNER, tmp_path / "benchmarks" / "experiments" / "fingerprint.py"
+    before = FP.fingerprint(tmp_path)["runner"]
+    src = runner.read_text()
+    tree = ast.parse(src)
+    assert set(FP.ORCHESTRATION) <= {getattr(n, "name", None) for n in tree.body}, "a name the runner lacks"
+    lines = src.splitlines(keepends=True)
+    for node in sorted((n for n in tree.body if getattr(n, "name", None) in FP.ORCHESTRATION),
+                       key=lambda n: -n.lineno):  # every orchestration body becomes `pass`
+        lines[node.body[0].lineno - 1:node.end_lineno] = [" " * node.body[0].col_offset + "pass\n"]
+    runner.write_text("".join(lines))
+    own.write_text(own.read_text() + "\n_edited = True\n")
+    assert FP.fingerprint(tmp_path)["runner"] == before
+    runner.write_text(src.replace("torch.manual_seed(0)", "torch.manual_seed(1)", 1))  # the evaluation worker
+    assert FP.fingerprint(tmp_path)["runner"] != before
+
+
+def test_stored_runs_record_what_the_orchestration_handed_them():
+    """What `main` passes to each training and evaluation is stored beside the result; it must be what
+    the experiment's config asks for, since main itself is not in the fingerprint."""
+    import run_experiments as R
+    stored = json.loads(RESULTS.read_text())
+    eval_cfg = stored["configs"]["eval"]
+    assert set(stored["runs"]) == set(R.experiments())
+    for name, seeds in stored["runs"].items():
+        cfg = stored["configs"][name]
+        assert cfg == R.experiments()[name] and sorted(map(int, seeds)) == sorted(cfg["seeds"])
+        for seed, run in seeds.items():
+            train, key = run["train_config"], run["eval"]["key"]
+            assert train["seed"] == int(seed), (name, seed)
+            for field, value in R.recipe_values(name, cfg).items():  # the fields its files state
+                if field in R.DATA_KEYS:  # globs of the corpus, resolved to files wherever it lay
+                    globs = value if isinstance(value, list) else [value]
+                    assert train[field] and all(any(fnmatch(f, "*/" + g) or fnmatch(f, f"*/{g}/*") for g in globs)
+                                                for f in train[field]), (name, seed, field)
+                else:
+                    got = {k: train[field][k] for k in value} if field == "m3" else train[field]
+                    assert got == json.loads(json.dumps(value)), (name, seed, field)  # keys as JSON has them
+            assert key["benchmarks"] == R.benchmarks_for(cfg, eval_cfg, name) and not key["baseline"], (name, seed)
+            assert key["eval"] == eval_cfg and key["source"] == stored["fingerprint"]["source"], (name, seed)
+    assert stored["untrained"]["key"]["baseline"]
+    assert stored["untrained"]["key"]["benchmarks"] == R.benchmarks_for({}, eval_cfg, "untrained")
 
 
 SWEEP = ROOT / "book" / "results" / "dense_stage_dev.json"
