@@ -60,6 +60,59 @@ def test_a_failed_start_fails_its_children_not_the_others():
     assert "c" not in trained and {"a", "d", "e"} <= trained
 
 
+def test_chain_depths_count_the_longest_chain_below():
+    assert R.chain_depths(list(STARTS), STARTS.get) == {"a": 3, "b": 2, "c": 1, "d": 1, "e": 1}
+
+
+def test_one_slot_goes_to_the_untrained_model_then_the_deepest_chain_then_evaluations():
+    """With one slot the order is exact, whatever order the jobs are listed in: the untrained
+    evaluation, then a -> b (the deepest chains; b takes a's slot), then the trainings of depth 1 in
+    list order, then the evaluations in list order."""
+    state, work = recorder()
+    R.run_jobs(["d", "e", "a", "b", "c"], STARTS.get, work("train"), work("eval"), 1, "test",
+               extra=lambda: work("extra")("untrained"))
+    assert state["order"] == [("extra", "untrained"), ("train", "a"), ("train", "b"), ("train", "d"),
+                              ("train", "e"), ("train", "c"), ("eval", "d"), ("eval", "e"), ("eval", "a"),
+                              ("eval", "b"), ("eval", "c")]
+
+
+def test_cancelled_slots_release_every_waiter():
+    """An interrupted run: the threads waiting for a slot end instead of waiting forever."""
+    slots, ended = R.Slots(1), []
+    slots.open()
+
+    def wait():
+        try:
+            with slots.hold((1,)):
+                ended.append("ran")
+        except SystemExit:
+            ended.append("cancelled")
+    with slots.hold((0,)):
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.05)
+        slots.cancel()
+        waiter.join(timeout=5)
+    assert not waiter.is_alive() and ended == ["cancelled"]
+
+
+def test_a_run_folder_is_resumed_only_by_the_training_that_started_it(tmp_path):
+    out, key = tmp_path / "m3-s0", {"train_key": {"max_steps": 7}, "training_code": "abc"}
+    R.claim_run_dir(out, key)
+    (out / "checkpoint-5").mkdir()  # interrupted: the same training resumes it
+    R.claim_run_dir(out, key)
+    assert (out / "checkpoint-5").is_dir()
+    for other in ({**key, "training_code": "def"}, {**key, "train_key": {"max_steps": 8}}):
+        (out / "final").mkdir(exist_ok=True)  # finished or not, another training starts afresh
+        R.claim_run_dir(out, other)
+        assert not (out / "checkpoint-5").exists() and not (out / "final").exists()
+        assert json.loads((out / "started.json").read_text()) == other
+        (out / "checkpoint-5").mkdir()
+    (out / "started.json").unlink()  # a folder that does not say which training made it
+    R.claim_run_dir(out, key)
+    assert not (out / "checkpoint-5").exists()
+
+
 def test_model_key_names_contents_not_the_folder(tmp_path):
     src = ROOT / "data_samples" / "m3-mini"
     copy = tmp_path / "elsewhere"

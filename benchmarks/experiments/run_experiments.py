@@ -421,49 +421,186 @@ def chance_levels(sets: Path, eval_cfg: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ scheduling
+class Slots:
+    """`n` slots for subprocesses. A free slot goes to the waiting request with the smallest
+    priority key, not to the one that asked first, and no slot is given before `open()`, so that
+    every request made at the start competes for the first ones. After `cancel()`, every request
+    waiting or to come raises instead (an interrupted run leaves no thread waiting forever)."""
+
+    def __init__(self, n: int):
+        import itertools
+        self.free, self.waiting, self.opened, self.cancelled = n, [], False, False
+        self.cond, self.tickets = threading.Condition(), itertools.count()
+
+    def cancel(self) -> None:
+        with self.cond:
+            self.cancelled = True
+            self.cond.notify_all()
+
+    def open(self) -> None:
+        with self.cond:
+            self.opened = True
+            self.cond.notify_all()
+
+    def hold(self, priority: tuple, queued=None):
+        """Context manager: wait for a slot, then hold it; `queued()` is called once the request
+        waits in line (under the lock, so no slot can be given in between)."""
+        import contextlib
+        import heapq
+
+        @contextlib.contextmanager
+        def held():
+            with self.cond:
+                entry = (priority, next(self.tickets))
+                heapq.heappush(self.waiting, entry)
+                if queued:
+                    queued()
+                self.cond.wait_for(lambda: self.cancelled or self.opened and self.free > 0
+                                   and self.waiting[0] == entry)
+                if self.cancelled:
+                    raise SystemExit("cancelled: the run was interrupted")
+                heapq.heappop(self.waiting)
+                self.free -= 1
+                self.cond.notify_all()  # the next in line may take another free slot
+            try:
+                yield
+            finally:
+                with self.cond:
+                    self.free += 1
+                    self.cond.notify_all()
+        return held()
+
+
+def chain_depths(jobs: list, start_of) -> dict:
+    """{job: the number of trainings in the longest chain that starts with it} (1: nothing starts
+    from it): the deeper a job's chain, the sooner it should train."""
+    children = {job: [] for job in jobs}
+    for job in jobs:
+        if start_of(job) is not None:
+            children[start_of(job)].append(job)
+    depth = {}
+
+    def visit(job):
+        if job not in depth:
+            depth[job] = 1 + max((visit(c) for c in children[job]), default=0)
+        return depth[job]
+    for job in jobs:
+        visit(job)
+    return depth
+
+
 def run_jobs(jobs: list, start_of, train_one, evaluate_one, n_jobs: int, desc: str, extra=None):
     """Train, then evaluate, every job, with at most `n_jobs` subprocesses at once. A job waits
     for the job it starts from (`start_of(job)`, or None) without holding a slot, and fails if that
     one failed. `extra()` runs one more subprocess beside them (the untrained model's evaluation).
-    Returns ({job: training record}, {job: evaluation}, extra's result)."""
+    A free slot goes first to `extra`, then to the trainings, the one with the deepest chain of
+    trainings below it first (`chain_depths`), then to the evaluations; a finished training keeps
+    its slot until the trainings that start from it wait in line, so they, not an evaluation,
+    take it. Returns ({job: training record}, {job: evaluation}, extra's result)."""
     from tqdm import tqdm
     bar = tqdm(total=2 * len(jobs) + (extra is not None), desc=desc, dynamic_ncols=True)
-    slots, lock = threading.Semaphore(n_jobs), threading.Lock()
+    slots, lock = Slots(n_jobs), threading.Lock()
+    starts = {job: start_of(job) for job in jobs}
+    depth, index = chain_depths(jobs, starts.get), {job: i for i, job in enumerate(jobs)}
+    children = {job: [j for j in jobs if starts[j] == job] for job in jobs}
     records, evals, done = {}, {}, {job: threading.Event() for job in jobs}
+    in_line = {job: threading.Semaphore(0) for job in jobs}  # released once per child waiting for a slot
+    started = threading.Semaphore(0)  # released once per thread that has asked, or waits for its start
 
     def run(job):
+        parent = starts[job]
         try:
-            parent = start_of(job)
             if parent is not None:
+                started.release()
                 done[parent].wait()
                 if parent not in records:
                     raise SystemExit(f"{job}: its start {parent} failed")
-            with slots:
-                rec = train_one(job)
-            with lock:
-                records[job] = rec
+            with slots.hold((1, -depth[job], index[job]),
+                            queued=in_line[parent].release if parent is not None else started.release):
+                try:
+                    rec = train_one(job)
+                    with lock:
+                        records[job] = rec
+                finally:
+                    done[job].set()
+                    if job in records:
+                        for _ in children[job]:
+                            in_line[job].acquire()
+            bar.update()
         finally:
             done[job].set()
-            bar.update()
-        with slots:
+        with slots.hold((2, index[job])):
             result = evaluate_one(job)
         with lock:
             evals[job] = result
         bar.update()
 
     def run_extra():
-        with slots:
+        with slots.hold((0,), queued=started.release):
             result = extra()
         bar.update()
         return result
 
-    with ThreadPoolExecutor(len(jobs) + 1) as pool:  # threads wait; the semaphore bounds the work
+    with ThreadPoolExecutor(len(jobs) + 1) as pool:  # threads wait; the slots bound the work
         futures = [pool.submit(run, job) for job in jobs]
         side = pool.submit(run_extra) if extra is not None else None
-        for f in futures + ([side] if side else []):
-            f.result()
+        try:
+            for _ in range(len(futures) + (side is not None)):
+                started.acquire()
+            slots.open()
+            for f in futures + ([side] if side else []):
+                f.result()
+        except KeyboardInterrupt:  # (a failed job does not stop the others: they finish, then it raises)
+            slots.cancel()  # the threads still waiting for a slot end; those running finish their job
+            raise
     bar.close()
     return records, evals, (side.result() if side else None)
+
+
+def speed_probe(runs: Path, corpus: Path, exps: dict) -> dict:
+    """How fast this machine is today: the seconds of steps 5 to 24 of `dense_mono` on one thread,
+    timed before any job starts. Each probe is appended to RUNS/speed_probes.jsonl, so the CPU times
+    of a run resumed on another day can be set beside the speed of each day."""
+    out = runs / "speed-probe"
+    shutil.rmtree(out, ignore_errors=True)
+    values = {**train_values(runs, corpus, "dense_mono", exps["dense_mono"], 0, False),
+              "dense_steps": 24, "max_steps": 24, "output_dir": str(out)}
+    out.mkdir(parents=True)
+    import yaml
+    (out / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
+    threads, THREADS["per_process"] = THREADS["per_process"], 1
+    try:
+        timed([PY, "-m", "m3ref.train", "--config", str(out / "config.yaml")], out / "train.log")
+    finally:
+        THREADS["per_process"] = threads
+    times = {r["step"]: r["time_s"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
+    probe = {"utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "steps": "5-24", "threads": 1,
+             "seconds": round(times[24] - times[4], 2), "load_avg_before": round(os.getloadavg()[0], 2)}
+    with open(runs / "speed_probes.jsonl", "a") as f:
+        f.write(json.dumps(probe) + "\n")
+    shutil.rmtree(out)
+    return probe
+
+
+def claim_run_dir(out: Path, key: dict) -> None:
+    """Before a training runs in `out`: a run left there by another training (another config, start
+    checkpoint or training code, as its `started.json` says, or with no such file), finished or not,
+    is removed. Otherwise `--resume auto` would resume it, or take its `final` as done, and its loss
+    curve would be stored under this training's key."""
+    marker = out / "started.json"
+    if out.exists() and (not marker.is_file() or json.loads(marker.read_text()) != key):
+        print(f"{out}: holds another training; starting this one afresh", file=sys.stderr)
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(key))
+
+
+def train_claimed(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
+    """`train`, in a run folder claimed for this training (`claim_run_dir`)."""
+    values = train_values(runs, corpus, name, cfg, seed, gpu)
+    claim_run_dir(run_dir(runs, name, seed),
+                  {"train_key": train_key(stored_config(values)), "training_code": FP.training_digest()})
+    return train(runs, corpus, name, cfg, seed, gpu)
 
 
 def write_results(path: Path, results: dict) -> None:
@@ -513,13 +650,16 @@ def main(argv=None) -> None:
     init_model(runs, corpus)
     sets = eval_sets(corpus, runs, eval_cfg)
     jobs = [(n, s) for n, c in exps.items() for s in c["seeds"]]
+    probe = None if args.gpu or "dense_mono" not in exps else speed_probe(runs, corpus, exps)
+    if probe:
+        print(f"speed probe: steps 5-24 of dense_mono took {probe['seconds']} s on one thread", file=sys.stderr)
 
     def start_of(job):
         cfg = exps[job[0]]
         return None if cfg.get("init") in (None, "init") else (cfg["init"], cfg.get("init_seed", job[1]))
 
     records, evals, untrained = run_jobs(
-        jobs, start_of, lambda j: train(runs, corpus, j[0], exps[j[0]], j[1], args.gpu),
+        jobs, start_of, lambda j: train_claimed(runs, corpus, j[0], exps[j[0]], j[1], args.gpu),
         lambda j: evaluate(run_dir(runs, *j) / "final", runs / f"{j[0]}-s{j[1]}-eval.json", sets, eval_cfg,
                            benchmarks_for(exps[j[0]], eval_cfg, j[0]), False),
         args.jobs, "experiments",
@@ -541,7 +681,9 @@ def main(argv=None) -> None:
         "runs": {n: {str(s): {**records[n, s], "eval": evals[n, s]} for s in c["seeds"]} for n, c in exps.items()},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                     "gpu": args.gpu, "jobs": args.jobs, "threads_per_process": THREADS["per_process"], "load_avg_at_start": [round(x, 2) for x in start["load"]],
-                    "invocation_wall_s": round(time.time() - start["time"], 1)},  # small when finished runs were reused
+                    "invocation_wall_s": round(time.time() - start["time"], 1),  # small when finished runs were reused
+                    "speed_probes": [json.loads(x) for x in (runs / "speed_probes.jsonl").read_text().splitlines()]
+                    if (runs / "speed_probes.jsonl").is_file() else []},
     }
     write_results(RESULTS, results)
 
