@@ -32,7 +32,7 @@ EVALUATION_ONLY = ("m3ref/evaluate.py", "m3ref/eval_data.py", "m3ref/metrics.py"
 # This file is left out for the same reason: it computes nothing, it only says what is hashed.
 RUNNER = "benchmarks/experiments/run_experiments.py"
 ORCHESTRATION = ("main", "Slots", "chain_depths", "run_jobs", "speed_probe", "claim_run_dir",
-                 "train_claimed", "write_results")
+                 "train_claimed", "cpu_info", "write_results")
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

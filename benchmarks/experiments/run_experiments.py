@@ -566,6 +566,7 @@ def speed_probe(runs: Path, corpus: Path, exps: dict) -> dict:
     values = {**train_values(runs, corpus, "dense_mono", exps["dense_mono"], 0, False),
               "dense_steps": 24, "max_steps": 24, "output_dir": str(out)}
     out.mkdir(parents=True)
+    load = os.getloadavg()[0]
     import yaml
     (out / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
     threads, THREADS["per_process"] = THREADS["per_process"], 1
@@ -573,9 +574,10 @@ def speed_probe(runs: Path, corpus: Path, exps: dict) -> dict:
         timed([PY, "-m", "m3ref.train", "--config", str(out / "config.yaml")], out / "train.log")
     finally:
         THREADS["per_process"] = threads
-    times = {r["step"]: r["time_s"] for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())}
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    seconds = sum(r["time_s"] for r in log if 5 <= r["step"] <= 24)  # time_s: the step's own duration
     probe = {"utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "steps": "5-24", "threads": 1,
-             "seconds": round(times[24] - times[4], 2), "load_avg_before": round(os.getloadavg()[0], 2)}
+             "seconds": round(seconds, 2), "load_avg_before": round(load, 2)}
     with open(runs / "speed_probes.jsonl", "a") as f:
         f.write(json.dumps(probe) + "\n")
     shutil.rmtree(out)
@@ -601,6 +603,17 @@ def train_claimed(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu
     claim_run_dir(run_dir(runs, name, seed),
                   {"train_key": train_key(stored_config(values)), "training_code": FP.training_digest()})
     return train(runs, corpus, name, cfg, seed, gpu)
+
+
+def cpu_info() -> dict:
+    """The processor and the instruction set torch's kernels use: float results are reproducible bit for
+    bit on the same kind of CPU, not across kinds (an AVX2 machine differs from an AVX-512 one in the
+    6th digit of the first loss)."""
+    import torch
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
+        else platform.processor()
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def write_results(path: Path, results: dict) -> None:
@@ -680,7 +693,7 @@ def main(argv=None) -> None:
         "untrained": untrained,
         "runs": {n: {str(s): {**records[n, s], "eval": evals[n, s]} for s in c["seeds"]} for n, c in exps.items()},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "gpu": args.gpu, "jobs": args.jobs, "threads_per_process": THREADS["per_process"], "load_avg_at_start": [round(x, 2) for x in start["load"]],
+                    **cpu_info(), "gpu": args.gpu, "jobs": args.jobs, "threads_per_process": THREADS["per_process"], "load_avg_at_start": [round(x, 2) for x in start["load"]],
                     "invocation_wall_s": round(time.time() - start["time"], 1),  # small when finished runs were reused
                     "speed_probes": [json.loads(x) for x in (runs / "speed_probes.jsonl").read_text().splitlines()]
                     if (runs / "speed_probes.jsonl").is_file() else []},

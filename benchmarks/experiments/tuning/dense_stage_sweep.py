@@ -131,6 +131,7 @@ def main(argv=None) -> None:
                          "loss_curve": {k: records[n]["loss_curve"][k] for k in ("L_dense", "L_final")},
                          "eval": evals[n]} for n in variants},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                    **R.cpu_info(),
                     "jobs": args.jobs, "threads_per_process": R.THREADS["per_process"],
                     "invocation_wall_s": round(time.time() - start, 1)},  # small when finished runs were reused
     }
