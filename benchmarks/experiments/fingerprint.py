@@ -54,7 +54,7 @@ def runner_digest(src: str, leave_out=ORCHESTRATION) -> str:
     """`code_digest` of the runner without its top-level definitions named in `leave_out`."""
     tree = ast.parse(src)
     tree.body = [n for n in tree.body if getattr(n, "name", None) not in leave_out]
-    return code_digest(ast.unparse(tree))
+    return hashlib.sha256(ast.dump(_strip_docstrings(tree)).encode()).hexdigest()
 
 
 def _files(root: Path, patterns, exclude=()) -> list[Path]:

@@ -610,9 +610,10 @@ def cpu_info() -> dict:
     bit on the same kind of CPU, not across kinds (an AVX2 machine differs from an AVX-512 one in the
     6th digit of the first loss)."""
     import torch
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
-        else platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere platform.processor() names the CPU
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor())
     return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
