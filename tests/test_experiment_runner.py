@@ -113,6 +113,24 @@ def test_a_run_folder_is_resumed_only_by_the_training_that_started_it(tmp_path):
     assert not (out / "checkpoint-5").exists()
 
 
+def test_the_speed_probe_waits_for_something_left_to_train(tmp_path, monkeypatch):
+    steps = {"a": 7}
+    monkeypatch.setattr(R, "train_values", lambda runs, corpus, name, cfg, seed, gpu: {
+        "model": str(ROOT / "data_samples" / "m3-mini"), "output_dir": str(R.run_dir(runs, name, seed)),
+        "max_steps": steps[name]})
+    left = lambda: R.left_to_train(tmp_path, None, {"a": {}}, [("a", 0)], False)  # noqa: E731
+    assert left()  # never trained
+    out = R.run_dir(tmp_path, "a", 0)
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "config.json").write_text("{}")
+    key = R.train_key(R.stored_config(R.train_values(tmp_path, None, "a", {}, 0, False)))
+    for code, expected in (("another", True), (R.FP.training_digest(), False)):
+        (out / "experiment_record.json").write_text(json.dumps({"train_key": key, "training_code": code}))
+        assert left() == expected
+    steps["a"] = 8  # a config edit retrains
+    assert left()
+
+
 def test_model_key_names_contents_not_the_folder(tmp_path):
     src = ROOT / "data_samples" / "m3-mini"
     copy = tmp_path / "elsewhere"

@@ -31,7 +31,7 @@ EVALUATION_ONLY = ("m3ref/evaluate.py", "m3ref/eval_data.py", "m3ref/metrics.py"
 # key), which tests/test_results_fresh.py checks against the configs. Editing them retrains nothing.
 # This file is left out for the same reason: it computes nothing, it only says what is hashed.
 RUNNER = "benchmarks/experiments/run_experiments.py"
-ORCHESTRATION = ("main", "Slots", "chain_depths", "run_jobs", "speed_probe", "claim_run_dir",
+ORCHESTRATION = ("main", "Slots", "chain_depths", "run_jobs", "left_to_train", "speed_probe", "claim_run_dir",
                  "train_claimed", "cpu_info", "write_results")
 
 

@@ -557,6 +557,21 @@ def run_jobs(jobs: list, start_of, train_one, evaluate_one, n_jobs: int, desc: s
     return records, evals, (side.result() if side else None)
 
 
+def left_to_train(runs: Path, corpus: Path, exps: dict, jobs: list, gpu: bool) -> bool:
+    """Whether `train` would train any of `jobs`: one has no finished run, or its run was made by
+    another config, start checkpoint or training code. (The speed probe is taken only then.)"""
+    done = [run_dir(runs, *job) for job in jobs]
+    if not all((out / "final" / "config.json").is_file() and (out / "experiment_record.json").is_file() for out in done):
+        return True  # checked first: a child's start checkpoint exists only when its parent finished
+    code = FP.training_digest()
+    for (name, seed), out in zip(jobs, done):
+        record = json.loads((out / "experiment_record.json").read_text())
+        want = train_key(stored_config(train_values(runs, corpus, name, exps[name], seed, gpu)))
+        if record.get("train_key") != want or record.get("training_code") != code:
+            return True
+    return False
+
+
 def speed_probe(runs: Path, corpus: Path, exps: dict) -> dict:
     """How fast this machine is today: the seconds of steps 5 to 24 of `dense_mono` on one thread,
     timed before any job starts. Each probe is appended to RUNS/speed_probes.jsonl, so the CPU times
@@ -664,9 +679,12 @@ def main(argv=None) -> None:
     init_model(runs, corpus)
     sets = eval_sets(corpus, runs, eval_cfg)
     jobs = [(n, s) for n, c in exps.items() for s in c["seeds"]]
-    probe = None if args.gpu or "dense_mono" not in exps else speed_probe(runs, corpus, exps)
-    if probe:
-        print(f"speed probe: steps 5-24 of dense_mono took {probe['seconds']} s on one thread", file=sys.stderr)
+    if not args.gpu and "dense_mono" in exps:  # the probe times what a training costs: only if one is left
+        if left_to_train(runs, corpus, exps, jobs, args.gpu):
+            probe = speed_probe(runs, corpus, exps)
+            print(f"speed probe: steps 5-24 of dense_mono took {probe['seconds']} s on one thread", file=sys.stderr)
+        else:
+            print("speed probe skipped: every training is done", file=sys.stderr)
 
     def start_of(job):
         cfg = exps[job[0]]
