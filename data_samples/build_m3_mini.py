@@ -6,7 +6,9 @@
 
 The recipe of the paper (Sec. 3.4, Table 6; App. B.1), at the scale of a laptop:
 1. a SentencePiece-style Unigram tokenizer trained on the corpus' training texts, every
-   language capped so that Danish and Italian do not crowd out Korean or Chinese;
+   language capped so that Danish and Italian do not crowd out Korean or Chinese: the shipped
+   one (data_samples/m3-mini/tokenizer.json), or with `--train-tokenizer` a new one (the trainer
+   is not deterministic from one process to the next, so a new one means a new model);
 2. an XLM-R-shaped encoder from random weights (`configs/m3-mini/model.yaml`);
 3. the dense-only stage on the unsupervised pairs (`dense.yaml`), in two runs chosen on the dev
    split (configs/tuning/dense_stage.yaml): summary -> description pairs of every language first
@@ -40,6 +42,7 @@ from m3ref.errors import M3Error, cli_errors  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "m3-mini"
 RECIPE = ("dense_mono", "dense", "m3")  # the experiments of configs/experiments/ that make m3-mini, seed 0
+SHIPPED_TOKENIZER = HERE / "m3-mini" / "tokenizer.json"  # trained on the corpus by this script (step 1)
 
 
 def corpus_texts(corpus: Path, per_language: int, seed: int = 0) -> list:
@@ -60,8 +63,11 @@ def corpus_texts(corpus: Path, per_language: int, seed: int = 0) -> list:
     return texts
 
 
-def build_init(out: Path, corpus: Path, model_cfg: dict, seed: int) -> None:
-    """The tokenizer trained on the corpus and the untrained encoder with fresh heads."""
+def build_init(out: Path, corpus: Path, model_cfg: dict, seed: int, tokenizer: str | None = None) -> None:
+    """The untrained encoder with fresh heads and its tokenizer: `tokenizer` (the text of a
+    tokenizer.json; the runner passes the shipped one, SHIPPED_TOKENIZER), or, when None, a new one
+    trained on the corpus. The `tokenizers` trainer gives another tokenizer in each process, hence
+    another model: only the shipped tokenizer rebuilds the untrained model of the stored results."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
 
@@ -70,7 +76,7 @@ def build_init(out: Path, corpus: Path, model_cfg: dict, seed: int) -> None:
     from m3ref.tiny import train_tokenizer
 
     texts = corpus_texts(corpus, model_cfg["tokenizer_texts_per_language"], seed)
-    tok = Tokenizer.from_str(train_tokenizer(texts, model_cfg["vocab_size"]))
+    tok = Tokenizer.from_str(tokenizer if tokenizer is not None else train_tokenizer(texts, model_cfg["vocab_size"]))
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                                  cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
                                  model_max_length=model_cfg["max_position_embeddings"] - 2)
@@ -114,6 +120,9 @@ def main(argv=None) -> None:
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "experiments"),
                     help="checkpoints of every stage (shared with benchmarks/experiments/run_experiments.py)")
     ap.add_argument("--gpu", action="store_true", help="the recipe's GPU sizes (configs/m3-mini/gpu.yaml)")
+    ap.add_argument("--train-tokenizer", action="store_true",
+                    help="train a new tokenizer on the corpus (another untrained model: every stage retrains) "
+                         "instead of the shipped one")
     args = ap.parse_args(argv)
     with cli_errors():
         sys.path.insert(0, str(ROOT / "benchmarks" / "experiments"))
@@ -122,7 +131,7 @@ def main(argv=None) -> None:
         if not (corpus / "manifest.json").is_file():
             raise M3Error(f"{corpus}: no manifest.json; build the corpus first (data_samples/build_corpus.py)")
         exps = R.experiments()
-        R.init_model(runs, corpus)
+        R.init_model(runs, corpus, shipped_tokenizer=not args.train_tokenizer)
         records = {name: R.train(runs, corpus, name, exps[name], 0, args.gpu) for name in RECIPE}
         manifest = json.loads((corpus / "manifest.json").read_text())
         record = {"command": "python data_samples/build_m3_mini.py --corpus CORPUS" + (" --gpu" if args.gpu else ""),

@@ -56,8 +56,8 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
                 progress=None, cache=None) -> dict:
     """Encode `corpus` and `queries` once and return {method: run} for every method.
 
-    `cache` (a dict) keeps the encoded corpus for the next call with the same passages: MKQA
-    searches one English corpus with the questions of every language.
+    `cache` (a dict) keeps the encoded corpus for the next call with the same passages and
+    encoding arguments: MKQA searches one English corpus with the questions of every language.
     """
     weights = {**R.HYBRID_WEIGHTS[benchmark], **(weights or {})}
     max_passage_length = max_passage_length or MAX_PASSAGE_LENGTH[benchmark]
@@ -71,7 +71,7 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
     encoded = [m for m in methods if m != "bm25"]
     if encoded:
         cache = {} if cache is None else cache
-        key = hash((tuple(pids), tuple(texts), colbert))
+        key = hash((tuple(pids), tuple(texts), colbert, max_passage_length, batch_size, mcls_stride))
         if key not in cache:
             cache.clear()  # keep one corpus at a time
             cache[key] = R.Index(R.Encoded.from_model(model, pids, texts, max_passage_length, batch_size,
@@ -81,6 +81,9 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
                              None, colbert)
     if progress is not None:
         progress.update()
+    # multi-vec and all re-rank the same dense top-k: score the candidates once for both
+    reranked = R.rerank(q, index, {m: R.MULTIVEC_WEIGHTS if m == "multivec" else weights["all"]
+                                   for m in methods if m in ("multivec", "all")}) if colbert else {}
     runs = {}
     for method in methods:
         if method == "bm25":
@@ -89,12 +92,10 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
             runs[method] = R.search_dense(q, index)
         elif method == "sparse":
             runs[method] = R.search_sparse(q, index)
-        elif method == "multivec":
-            runs[method] = R.search_multivec(q, index)
+        elif method in ("multivec", "all"):
+            runs[method] = reranked[method]
         elif method == "dense+sparse":
             runs[method] = R.search_dense_sparse(q, index, weights["dense+sparse"])
-        elif method == "all":
-            runs[method] = R.search_all(q, index, weights["all"])
         if progress is not None:
             progress.update()
     return runs
@@ -102,19 +103,20 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
 
 def evaluate_model(model, benchmark: str, langs, methods, data_dir, weights=None, batch_size=32,
                    max_query_length=512, max_passage_length=None, mcls_stride=None,
-                   show_progress=True, split=None) -> dict:
+                   show_progress=True, split=None, cache=None) -> dict:
     """Scores of every method on every language, as the paper's tables.
 
     Returns {"benchmark", "metrics", "langs", "methods",
              "scores": {method: {lang or "avg": {metric: value in [0, 1]}}},
              "ci": the same shape, [low, high] 95 % bootstrap intervals over queries,
              "per_query": {method: {lang: {metric: {qid: value}}}}}.
-    `weights` overrides the hybrid weights, e.g. {"all": (0.15, 0.5, 0.35)}.
+    `weights` overrides the hybrid weights, e.g. {"all": (0.15, 0.5, 0.35)}. `cache` (a dict)
+    keeps the last encoded corpus for the next call on the same model (`run_methods`).
     """
     benchmark, langs, methods = check_args(benchmark, langs, methods, data_dir)
     check_numbers(batch_size, max_query_length, max_passage_length, mcls_stride)
     metrics = METRICS[benchmark]
-    per, cache = {m: {} for m in methods}, {}
+    per, cache = {m: {} for m in methods}, {} if cache is None else cache
     with tqdm(total=len(langs) * (1 + len(methods)), desc=benchmark, disable=not show_progress,
               file=sys.stderr) as bar:
         for lang in langs:

@@ -85,6 +85,7 @@ class Index:
         self.colbert_lengths = torch.tensor([len(v) for v in vecs], dtype=torch.long)  # (N,)
         self.colbert_offsets = torch.cumsum(self.colbert_lengths, 0) - self.colbert_lengths  # (N,)
         self.colbert = torch.cat(vecs) if vecs else None
+        self._gathered = None  # (at most `budget`, d): the re-ranked candidates' vectors (`mul_scores`)
         self.faiss = None
         if use_faiss:
             import faiss  # optional; exact inner-product search like the official scripts
@@ -106,6 +107,9 @@ class Index:
     def mul_scores(self, q_vecs: np.ndarray, cand: list[int], budget: int = 1 << 18) -> torch.Tensor:
         """s_mul of one query against passages `cand` (`scores.s_mul_packed`), in chunks of at
         most `budget` passage vectors (one passage longer than that is a chunk alone). -> (len(cand),)
+
+        Each chunk's vectors are copied into one buffer kept for the next query: a new block of this
+        size would be fresh memory from the system, whose first touch costs more than the copy.
         """
         if self.colbert is None:
             raise M3Error("the corpus was encoded without ColBERT vectors (colbert=False)")
@@ -121,7 +125,10 @@ class Index:
             n = lengths[lo:hi]
             # row of every vector of candidates lo..hi-1 in self.colbert
             rows = torch.repeat_interleave(starts[lo:hi] - (ends[lo:hi] - n - base), n) + torch.arange(int(n.sum()))
-            out[lo:hi] = s_mul_packed(q, self.colbert[rows], n).double()
+            if self._gathered is None or len(self._gathered) < len(rows):
+                self._gathered = torch.empty(len(rows), self.colbert.shape[1], dtype=self.colbert.dtype)
+            vecs = torch.index_select(self.colbert, 0, rows, out=self._gathered[:len(rows)])  # (T, d)
+            out[lo:hi] = s_mul_packed(q, vecs, n).double()
             lo = hi
         return out
 
@@ -166,9 +173,12 @@ def search_sparse(queries: Encoded, index: Index, k: int = CANDIDATES_K, batch_s
     return run
 
 
+MULTIVEC_WEIGHTS = (0.0, 0.0, 1.0)  # multi-vector retrieval is re-ranking by s_mul alone
+
+
 def search_multivec(queries: Encoded, index: Index, k: int = RERANK_K, batch_size: int = 64):
     """Multi-vector retrieval: re-rank the dense top-k by s_mul (paper Sec. 3.2, Eq. 4)."""
-    return search_all(queries, index, weights=(0.0, 0.0, 1.0), k=k, batch_size=batch_size)
+    return rerank(queries, index, {"multivec": MULTIVEC_WEIGHTS}, k, batch_size)["multivec"]
 
 
 def search_all(queries: Encoded, index: Index, weights=(1.0, 0.3, 1.0), k: int = RERANK_K,
@@ -178,17 +188,26 @@ def search_all(queries: Encoded, index: Index, weights=(1.0, 0.3, 1.0), k: int =
     The official `compute_score` also divides by w_d + w_s + w_m; that does not change the
     ranking, so we leave it out.
     """
-    w_s, w_m = weights[1:]
-    run = {}
+    return rerank(queries, index, {"all": weights}, k, batch_size)["all"]
+
+
+def rerank(queries: Encoded, index: Index, weightings: dict, k: int = RERANK_K, batch_size: int = 64) -> dict:
+    """Re-rank every query's dense top-k by s_rank = w_d*s_dense + w_s*s_lex + w_m*s_mul (Eq. 5),
+    once for each {name: (w_d, w_s, w_m)} of `weightings` -> {name: run}. The candidates and their
+    three scores are computed once for all the weightings (multi-vec and all share them)."""
+    lexical = any(w[1] for w in weightings.values())
+    multivec = any(w[2] for w in weightings.values())
+    runs = {name: {} for name in weightings}
     for b in _batches(len(queries.ids), batch_size):
         dense = index.dense_scores(queries.dense[b]).double()  # (B, N)
-        lex = index.lexical_scores(queries.sparse[b]) if w_s else torch.zeros_like(dense)  # (B, N)
+        lex = index.lexical_scores(queries.sparse[b]) if lexical else torch.zeros_like(dense)  # (B, N)
         for i, (qid, top) in enumerate(zip(queries.ids[b], _topk(dense, k))):
             cand = [j for j, _ in top]
-            mul = index.mul_scores(queries.colbert[b][i], cand) if w_m else 0.0  # (k,)
-            score = s_inter(dense[i, cand], lex[i, cand], mul, weights)  # (k,)
-            run[qid] = {index.ids[j]: float(s) for j, s in zip(cand, score)}
-    return run
+            mul = index.mul_scores(queries.colbert[b][i], cand) if multivec else 0.0  # (k,)
+            for name, weights in weightings.items():
+                score = s_inter(dense[i, cand], lex[i, cand], mul, weights)  # (k,)
+                runs[name][qid] = {index.ids[j]: float(s) for j, s in zip(cand, score)}
+    return runs
 
 
 def search_dense_sparse(queries: Encoded, index: Index, weights=(1.0, 0.3), k: int = CANDIDATES_K,

@@ -4,6 +4,7 @@ subprocesses run at once, a failed start fails its children, and a finished run 
 what it computed, not by the folder it lies in."""
 import json
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -129,6 +130,26 @@ def test_the_speed_probe_waits_for_something_left_to_train(tmp_path, monkeypatch
         assert left() == expected
     steps["a"] = 8  # a config edit retrains
     assert left()
+
+
+@pytest.mark.slow  # builds the untrained model three times (~10 s)
+def test_the_untrained_model_is_the_same_in_every_process(tmp_path):
+    # the shipped tokenizer, not one retrained (the tokenizers trainer differs from process to process)
+    unsup = tmp_path / "corpus" / "train" / "unsup"
+    unsup.mkdir(parents=True)
+    rows = [{"query": f"tool number {i}", "pos": [f"a tool that prints the number {i} and exits"]} for i in range(40)]
+    (unsup / "desc-en_len-0-500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    here = R.init_model(tmp_path / "a", tmp_path / "corpus")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks' / 'experiments')!r}); import run_experiments as R; "
+            f"from pathlib import Path; print(R.model_key(R.init_model(Path({str(tmp_path / 'b')!r}), "
+            f"Path({str(tmp_path / 'corpus')!r}))))")
+    there = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()[-1]
+    assert R.model_key(here) == there
+    shipped = (ROOT / "data_samples" / "m3-mini" / "tokenizer.json").read_bytes()
+    assert (here / "tokenizer.json").read_bytes() == shipped
+    R.init_model(tmp_path / "a", tmp_path / "corpus", shipped_tokenizer=False)  # a new one, trained on these texts
+    assert (here / "tokenizer.json").read_bytes() != shipped
+    assert R.model_key(R.init_model(tmp_path / "a", tmp_path / "corpus")) == there  # back to the shipped one
 
 
 def test_model_key_names_contents_not_the_folder(tmp_path):

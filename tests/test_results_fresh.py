@@ -79,6 +79,7 @@ def test_orchestration_edits_do_not_count(tmp_path):
         lines[node.body[0].lineno - 1:node.end_lineno] = [" " * node.body[0].col_offset + "pass\n"]
     runner.write_text("".join(lines))
     own.write_text(own.read_text() + "\n_edited = True\n")
+    (tmp_path / "benchmarks" / "experiments" / "restamp.py").write_text("def main():\n    return 1\n")
     assert FP.fingerprint(tmp_path)["runner"] == before
     runner.write_text(src.replace("torch.manual_seed(0)", "torch.manual_seed(1)", 1))  # the evaluation worker
     assert FP.fingerprint(tmp_path)["runner"] != before

