@@ -18,7 +18,7 @@ import fingerprint as FP  # noqa: E402
 pytestmark = [pytest.mark.experiments]
 
 WHAT = {"configs": "configs/experiments/*.yaml or configs/m3-mini/*.yaml", "data": "data_samples/build_corpus.py",
-        "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py (but for the orchestration) or data_samples/build_m3_mini.py"}
+        "source": "the m3ref source code (beyond comments/docstrings)", "runner": "benchmarks/experiments/*.py (but for the orchestration, fingerprint.py and restamp.py) or data_samples/build_m3_mini.py"}
 
 
 def test_results_exist():

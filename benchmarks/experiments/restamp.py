@@ -147,7 +147,8 @@ def main(argv=None) -> None:
             if diff:
                 raise SystemExit(f"error: the evaluation of {name} changed: " + "; ".join(diff)
                                  + f". The edit moves numbers: regenerate instead: {FP.REGENERATE}")
-            checked[name] = {"model": R.model_key(model), "per_query_values": len(per_query_values(outs[name, "now", FP.ROOT])),
+            checked[name] = {"model": R.model_key(model),
+                             "per_query_values": len(per_query_values(outs[name, "now", FP.ROOT])),
                              "eval_cpu_s": {"base": cpu[name, "base", base], "now": cpu[name, "now", FP.ROOT]}}
         # does this machine reproduce the stored run? (another kind of CPU orders some near-ties otherwise)
         unlike_stored = sum(a != b for a, b in zip(per_query_values(stored["untrained"]),
