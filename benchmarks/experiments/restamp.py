@@ -82,20 +82,28 @@ def per_query_values(result: dict) -> list:
             for metric, queries in sorted(metrics.items()) for _, v in sorted(queries.items())]
 
 
-def evaluate_with(tree: Path, model: Path, out: Path, sets: Path, benchmarks: dict, threads: int) -> tuple:
-    """The evaluation worker of `tree` (its runner and its m3ref) on `model`, as the runner calls it.
-    -> (its output, its CPU seconds)"""
+def worker_env(tree: Path, threads: int) -> dict:
+    """The environment of an evaluation worker of `tree`: its m3ref first on the path, the runner's threads."""
     n = str(threads)
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n,
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    where = subprocess.run([R.PY, "-c", "import m3ref; print(m3ref.__file__)"], env=env, cwd=tree, check=True,
-                           capture_output=True, text=True).stdout.strip()
+    return {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n,
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def check_imports(tree: Path) -> None:
+    """Stop unless a worker of `tree` imports `tree`'s m3ref (not an installed copy)."""
+    where = subprocess.run([R.PY, "-c", "import m3ref; print(m3ref.__file__)"], env=worker_env(tree, 1), cwd=tree,
+                           check=True, capture_output=True, text=True).stdout.strip()
     if not Path(where).resolve().is_relative_to(tree.resolve()):
         raise SystemExit(f"error: {tree}'s evaluation would import m3ref from {where}")
+
+
+def evaluate_with(tree: Path, model: Path, out: Path, sets: Path, benchmarks: dict, threads: int) -> tuple:
+    """The evaluation worker of `tree` (its runner and its m3ref) on `model`, as the runner calls it
+    (`run_experiments.timed`, but with `tree`'s m3ref on the path). -> (its output, its CPU seconds)"""
     cmd = [R.PY, str(tree / FP.RUNNER), "--eval-one", str(model), "--out", str(out), "--sets", str(sets),
            "--benchmarks", json.dumps(benchmarks), "--baseline"]
     with open(out.with_suffix(".log"), "w") as log:
-        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=tree, env=worker_env(tree, threads), stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"failed: {' '.join(cmd)}; see {out.with_suffix('.log')}")
@@ -135,6 +143,8 @@ def main(argv=None) -> None:
         sets, benchmarks = R.eval_sets(corpus, runs, eval_cfg), R.benchmarks_for({}, eval_cfg, "untrained")
         threads = max(1, (os.cpu_count() or 1) // args.jobs)
         tasks = [(name, side, tree) for name in models for side, tree in (("base", base), ("now", FP.ROOT))]
+        for tree in (base, FP.ROOT):
+            check_imports(tree)
         t0 = time.time()
         with ThreadPoolExecutor(args.jobs) as pool:
             outs = dict(zip(tasks, pool.map(lambda t: evaluate_with(

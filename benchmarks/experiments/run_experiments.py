@@ -567,11 +567,11 @@ def run_jobs(jobs: list, start_of, train_one, evaluate_one, n_jobs: int, desc: s
 def left_to_train(runs: Path, corpus: Path, exps: dict, jobs: list, gpu: bool) -> bool:
     """Whether `train` would train any of `jobs`: one has no finished run, or its run was made by
     another config, start checkpoint or training code. (The speed probe is taken only then.)"""
-    done = [run_dir(runs, *job) for job in jobs]
-    if not all((out / "final" / "config.json").is_file() and (out / "experiment_record.json").is_file() for out in done):
+    outs = [run_dir(runs, *job) for job in jobs]
+    if not all((out / "final" / "config.json").is_file() and (out / "experiment_record.json").is_file() for out in outs):
         return True  # checked first: a child's start checkpoint exists only when its parent finished
     code = FP.training_digest()
-    for (name, seed), out in zip(jobs, done):
+    for (name, seed), out in zip(jobs, outs):
         record = json.loads((out / "experiment_record.json").read_text())
         want = train_key(stored_config(train_values(runs, corpus, name, exps[name], seed, gpu)))
         if record.get("train_key") != want or record.get("training_code") != code:
