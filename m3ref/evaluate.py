@@ -71,7 +71,7 @@ def run_methods(model, corpus: dict, queries: dict, methods, benchmark="miracl",
     encoded = [m for m in methods if m != "bm25"]
     if encoded:
         cache = {} if cache is None else cache
-        key = hash((tuple(pids), tuple(texts), colbert, max_passage_length, batch_size, mcls_stride))
+        key = (tuple(pids), tuple(texts), colbert, max_passage_length, batch_size, mcls_stride)  # exact: no hash collision
         if key not in cache:
             cache.clear()  # keep one corpus at a time
             cache[key] = R.Index(R.Encoded.from_model(model, pids, texts, max_passage_length, batch_size,

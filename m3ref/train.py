@@ -23,7 +23,8 @@ states, written to a temporary directory and renamed, so an interrupted write ne
 replaces the last good checkpoint; OUTPUT_DIR/init (`model: null`) is written the same way.
 `--resume` continues from the newest checkpoint that loads (a damaged newer one is passed
 over with a warning naming the file), `--resume auto` also starts a new run when there is
-none (README, "When things go wrong").
+none (README, "When things go wrong"). A resume with another config than the checkpoint's
+warns, naming each changed field (a changed schedule also gets the lr it now follows).
 """
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ LOSS_KEYS = ("L_final", "L", "L_dense", "L_lex", "L_mul", "L_inter", "L_prime",
 STAGES = ("retromae", "dense", "unified")
 RESUME_MODES = ("latest", "auto")  # --resume without a directory
 DECODER_FILE = "retromae_decoder.pt"  # in the checkpoints of a run with a RetroMAE stage, not in final/
+SCHEDULE_FIELDS = ("max_steps", "lr", "warmup_ratio")  # a resume that changes them gets `_schedule_note`
+# Fields a resume may change without a warning: where and how often it writes, and how long ranks wait.
+QUIET_FIELDS = ("output_dir", "save_every", "save_total_limit", "tensorboard", "dist_timeout_s")
 
 
 def stage_start(stage: str, cfg: TrainConfig) -> int:
@@ -469,7 +473,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> Path:
 def _schedule_note(state: dict, cfg: TrainConfig, ckpt: Path) -> Optional[str]:
     """A warning when a resume changes the learning-rate schedule (max_steps, lr, warmup_ratio)."""
     saved = state.get("config") or {}
-    changed = [k for k in ("max_steps", "lr", "warmup_ratio") if k in saved and saved[k] != getattr(cfg, k)]
+    changed = [k for k in SCHEDULE_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
     if not changed:
         return None
     step = state["step"]
@@ -481,6 +485,22 @@ def _schedule_note(state: dict, cfg: TrainConfig, ckpt: Path) -> Optional[str]:
     return (f"resuming {ckpt} at step {step} with {diff}: the learning-rate schedule is recomputed for the new "
             f"values (lr at step {step + 1}: {lr_at(step, cfg):.3g}, the old schedule's {was:.3g}); the steps "
             f"already taken keep the lr they had")
+
+
+def _config_note(state: dict, cfg: TrainConfig, ckpt: Path) -> Optional[str]:
+    """A warning when a resume changes what a step computes (the data, the start model, the batches,
+    the loss, the seed...): the steps already taken used the saved values, so the run is a mix."""
+    saved, now = state.get("config") or {}, json.loads(json.dumps(cfg.to_dict()))  # as the checkpoint stores it
+
+    def short(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    changed = [k for k in now if k in saved and k not in SCHEDULE_FIELDS + QUIET_FIELDS and saved[k] != now[k]]
+    if not changed:
+        return None
+    diff = "; ".join(f"{k}: {short(saved[k])} -> {short(now[k])}" for k in changed)
+    return (f"resuming {ckpt} at step {state['step']} with another config ({diff}): the steps already taken "
+            f"used the saved values, so this run mixes two configs")
 
 
 def _nothing_to_do(state: dict, ckpt: Path, cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> bool:
@@ -536,9 +556,9 @@ def _train(cfg: TrainConfig, resume: Optional[str], env: DistEnv) -> Path:
         if opened is not None and _nothing_to_do(state, ckpt, cfg, resume, env):
             return ckpt
     if opened is not None:
-        note = _schedule_note(state, cfg, ckpt)
-        if note and env.master:
-            warnings.warn(note, M3Warning)
+        for note in (_schedule_note(state, cfg, ckpt), _config_note(state, cfg, ckpt)):
+            if note and env.master:
+                warnings.warn(note, M3Warning)
 
     decoder = None
     if cfg.retromae_steps > 0:  # its decoder is trained in stage 0 only, and never saved in final/

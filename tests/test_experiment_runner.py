@@ -157,6 +157,8 @@ def test_model_key_names_contents_not_the_folder(tmp_path):
     copy = tmp_path / "elsewhere"
     shutil.copytree(src, copy)
     assert R.model_key(copy) == R.model_key(src)
+    (copy / "trainer_state.json").write_text(json.dumps({"step": 3, "config": {"output_dir": str(tmp_path)}}))
+    assert R.model_key(copy) == R.model_key(src)  # a trained run's final/ names its folder there: not the model
     (copy / "sparse_linear.pt").write_bytes((copy / "sparse_linear.pt").read_bytes() + b"\0")
     assert R.model_key(copy) != R.model_key(src)
 
@@ -193,3 +195,26 @@ def test_worker_digest_follows_the_function_not_its_neighbours(tmp_path):
     assert R.worker_digest(f, "worker") == before
     f.write_text("def a():\n    return 1\n\n\ndef worker():\n    return 3\n")
     assert R.worker_digest(f, "worker") != before
+
+
+def test_the_gpu_recipe_is_a_valid_config_of_every_experiment(tmp_path):
+    """No GPU has run `--gpu` yet (book ch. 12), so at least its sizes must make a TrainConfig that
+    passes every check, for every experiment, with each stage trained over the whole run; and the
+    dense stage keeps the CPU recipe's split, monolingual first, 3 : 2."""
+    from m3ref.config import load_config
+    corpus = tmp_path / "corpus"
+    for name, cfg in R.experiments().items():
+        cpu, gpu = R.recipe_values(name, cfg), R.recipe_values(name, cfg, gpu=True)
+        for key in R.DATA_KEYS:  # the corpus' files as any existing path (check() asks that they exist)
+            if gpu.get(key):
+                gpu[key] = str(corpus)
+        corpus.mkdir(exist_ok=True)
+        config = load_config(None, **{**gpu, "model": None, "output_dir": str(tmp_path / name)})
+        assert config.max_steps > cpu["max_steps"], name  # GPU sizes are larger, never smaller
+        for stage in ("dense_steps", "retromae_steps"):
+            assert bool(getattr(config, stage)) == bool(cpu.get(stage)), (name, stage)
+            assert getattr(config, stage) in (0, config.max_steps), (name, stage)  # one stage a run
+    exps = R.experiments()
+    cpu_split = [R.recipe_values(n, exps[n])["dense_steps"] for n in ("dense_mono", "dense")]
+    gpu_split = [R.recipe_values(n, exps[n], gpu=True)["dense_steps"] for n in ("dense_mono", "dense")]
+    assert cpu_split[0] * gpu_split[1] == cpu_split[1] * gpu_split[0]

@@ -598,6 +598,29 @@ def test_a_longer_resume_warns_that_the_lr_schedule_follows_the_new_length(refer
     assert [r["lr"] for r in log[2:]] == [lr_at(s, load_config(str(cfg))) for s in (2, 3, 4)]
 
 
+@pytest.mark.slow
+def test_a_resume_with_another_config_names_each_changed_field(reference, tiny_dir, tmp_path):
+    """A resume may change where and how often a run writes without a word; a change to what a step
+    computes (here the temperature and the seed) is named, field by field, old -> new."""
+    import warnings
+    out = tmp_path / "out"
+    _interrupted_after(reference, out, 2)
+    cfg = tiny_config(tmp_path / "run.yaml", out, model=tiny_dir, seed=7, m3={"temperature": 0.05})
+    with pytest.warns(M3Warning) as caught:
+        _train_file(cfg, resume="latest", save_every=0)
+    notes = [str(w.message) for w in caught if "another config" in str(w.message)]
+    assert len(notes) == 1 and re.fullmatch(
+        r"resuming \S+/checkpoint-2 at step 2 with another config \(seed: 0 -> 7; m3: \{.*'temperature': 0\.02.*"
+        r" -> \{.*'temperature': 0\.05.*\): the steps already taken used the saved values, so this run mixes two "
+        r"configs", notes[0]), notes
+    again = tmp_path / "again"
+    _interrupted_after(reference, again, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", M3Warning)  # save_every, output_dir: no warning
+        _train_file(tiny_config(tmp_path / "same.yaml", again, model=tiny_dir), resume="latest", save_every=0)
+    same_as_reference(again, reference)
+
+
 def _enospc(path):
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

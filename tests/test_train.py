@@ -1,5 +1,6 @@
 """m3ref.train: config errors, logs, checkpoints, resume, NaN stop, torchrun end to end (ch. 08-09)."""
 import json
+import re
 import math
 import os
 import shutil
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from m3ref.errors import M3Error
+from m3ref.errors import M3Error, M3Warning
 from m3ref.config import TrainConfig, load_config
 from m3ref.train import LOSS_KEYS, latest_checkpoint, main, train
 
@@ -128,7 +129,11 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(toy_data, tiny_dir,
     model = M3Model.from_pretrained(tmp_path / "checkpoint-1", device="cpu")
     assert model.sparse_linear.weight.shape == (1, 128)
     monkeypatch.undo()
-    train(_cfg(toy_data, tiny_dir, tmp_path, save_every=0, dense_steps=0, max_steps=3), resume="latest")
+    with pytest.warns(M3Warning) as caught:  # resumed with another config: both changes are named
+        train(_cfg(toy_data, tiny_dir, tmp_path, save_every=0, dense_steps=0, max_steps=3), resume="latest")
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 2 and "with max_steps=4 -> 3" in notes[0]
+    assert re.search(r"with another config \(model: None -> '\S+'; seed: 5 -> 0\)", notes[1])
     assert [r["step"] for r in _log(tmp_path)] == [1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["checkpoint-1", "final", "init"]
 

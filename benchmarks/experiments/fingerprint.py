@@ -34,7 +34,7 @@ EVALUATION_ONLY = ("m3ref/evaluate.py", "m3ref/eval_data.py", "m3ref/metrics.py"
 RUNNER = "benchmarks/experiments/run_experiments.py"
 NOT_RUNNER = ("benchmarks/experiments/fingerprint.py", "benchmarks/experiments/restamp.py")
 ORCHESTRATION = ("main", "Slots", "chain_depths", "run_jobs", "left_to_train", "speed_probe", "claim_run_dir",
-                 "train_claimed", "cpu_info", "write_results")
+                 "cpu_info", "write_results")
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

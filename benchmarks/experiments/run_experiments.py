@@ -83,13 +83,14 @@ def run_dir(runs: Path, name: str, seed: int) -> Path:
 THREADS = {"per_process": os.cpu_count() or 1}  # torch threads of each subprocess: cores / --jobs
 
 
-def timed(cmd, log: Path) -> float:
-    """Run `cmd`, stdout+stderr to `log`; return its CPU seconds (user + sys, children included)."""
+def timed(cmd, log: Path, cwd: Path = ROOT, env: dict | None = None) -> float:
+    """Run `cmd` in `cwd` with `THREADS["per_process"]` threads (and `env` over this environment),
+    stdout+stderr to `log`; return its CPU seconds (user + sys, children included)."""
     n = str(THREADS["per_process"])
-    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n,
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"failed: {' '.join(map(str, cmd))}; see {log}")
@@ -127,7 +128,8 @@ def init_model(runs: Path, corpus: Path, shipped_tokenizer: bool = True) -> Path
     """The untrained m3-mini, built once, seed 0, with the shipped tokenizer (data_samples/m3-mini/
     tokenizer.json, trained on the corpus by build_m3_mini.py), so that it is the same model in every
     process; `shipped_tokenizer=False` trains a new tokenizer on the corpus instead (another model)."""
-    sys.path.insert(0, str(ROOT / "data_samples"))
+    if str(ROOT / "data_samples") not in sys.path:
+        sys.path.insert(0, str(ROOT / "data_samples"))
     import build_m3_mini
     path, shipped = runs / "init", build_m3_mini.SHIPPED_TOKENIZER.read_bytes()
     tokenizer = path / "tokenizer.json"
@@ -190,11 +192,12 @@ def train_values(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu:
 
 
 def model_key(model_dir) -> str:
-    """SHA-256 of a checkpoint's files (weights, configs, tokenizer): what a model is, wherever it lies."""
+    """SHA-256 of a checkpoint's files (weights, configs, tokenizer): what a model is, wherever it lies.
+    Not trainer_state.json, the trainer's bookkeeping, which names the run's folder."""
     import hashlib
     h = hashlib.sha256()
     for f in sorted(Path(model_dir).iterdir()):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".pt", ".bin", ".model"):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".pt", ".bin", ".model") and f.name != "trainer_state.json":
             h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
 
@@ -214,20 +217,30 @@ def train_key(config: dict) -> dict:
     return key
 
 
+def finished_run(out: Path, want: dict, code: str) -> dict | None:
+    """The record of the training finished in `out` when it is the one asked for (the same
+    `train_key` and training code), else None."""
+    record_path = out / "experiment_record.json"
+    if not ((out / "final" / "config.json").is_file() and record_path.is_file()):
+        return None
+    record = json.loads(record_path.read_text())
+    return record if record.get("train_key") == want and record.get("training_code") == code else None
+
+
 def train(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
     """Train one (experiment, seed) unless a finished run with the same `train_key` and training
-    code exists; return its record (config, CPU time, loss curve)."""
+    code exists; return its record (config, CPU time, loss curve). The run folder is claimed for
+    this training first (`claim_run_dir`)."""
     import yaml
     out = run_dir(runs, name, seed)
     values = train_values(runs, corpus, name, cfg, seed, gpu)
     config = stored_config(values)
-    want = train_key(config)
-    record_path, code = out / "experiment_record.json", FP.training_digest()
-    if (out / "final" / "config.json").is_file() and record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("train_key") == want and record.get("training_code") == code:
-            return record
-    out.mkdir(parents=True, exist_ok=True)
+    want, code = train_key(config), FP.training_digest()
+    record = finished_run(out, want, code)
+    if record is not None:
+        return record
+    claim_run_dir(out, {"train_key": want, "training_code": code})
+    record_path = out / "experiment_record.json"
     (out / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
     t0 = time.time()
     cpu = timed([PY, "-m", "m3ref.train", "--config", str(out / "config.yaml"), "--resume", "auto"],
@@ -571,12 +584,8 @@ def left_to_train(runs: Path, corpus: Path, exps: dict, jobs: list, gpu: bool) -
     if not all((out / "final" / "config.json").is_file() and (out / "experiment_record.json").is_file() for out in outs):
         return True  # checked first: a child's start checkpoint exists only when its parent finished
     code = FP.training_digest()
-    for (name, seed), out in zip(jobs, outs):
-        record = json.loads((out / "experiment_record.json").read_text())
-        want = train_key(stored_config(train_values(runs, corpus, name, exps[name], seed, gpu)))
-        if record.get("train_key") != want or record.get("training_code") != code:
-            return True
-    return False
+    return any(finished_run(out, train_key(stored_config(train_values(runs, corpus, name, exps[name], seed, gpu))),
+                            code) is None for (name, seed), out in zip(jobs, outs))
 
 
 def speed_probe(runs: Path, corpus: Path, exps: dict) -> dict:
@@ -617,14 +626,6 @@ def claim_run_dir(out: Path, key: dict) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(key))
-
-
-def train_claimed(runs: Path, corpus: Path, name: str, cfg: dict, seed: int, gpu: bool) -> dict:
-    """`train`, in a run folder claimed for this training (`claim_run_dir`)."""
-    values = train_values(runs, corpus, name, cfg, seed, gpu)
-    claim_run_dir(run_dir(runs, name, seed),
-                  {"train_key": train_key(stored_config(values)), "training_code": FP.training_digest()})
-    return train(runs, corpus, name, cfg, seed, gpu)
 
 
 def cpu_info() -> dict:
@@ -698,7 +699,7 @@ def main(argv=None) -> None:
         return None if cfg.get("init") in (None, "init") else (cfg["init"], cfg.get("init_seed", job[1]))
 
     records, evals, untrained = run_jobs(
-        jobs, start_of, lambda j: train_claimed(runs, corpus, j[0], exps[j[0]], j[1], args.gpu),
+        jobs, start_of, lambda j: train(runs, corpus, j[0], exps[j[0]], j[1], args.gpu),
         lambda j: evaluate(run_dir(runs, *j) / "final", runs / f"{j[0]}-s{j[1]}-eval.json", sets, eval_cfg,
                            benchmarks_for(exps[j[0]], eval_cfg, j[0]), False),
         args.jobs, "experiments",

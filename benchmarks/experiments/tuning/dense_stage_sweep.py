@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     sets = R.eval_sets(corpus, runs, {**cfg["eval"], "mldr_queries": 0, "mldr_corpus": 0})
     records, evals, untrained = R.run_jobs(
         list(variants), lambda name: None if variants[name]["init"] == "init" else variants[name]["init"],
-        lambda name: R.train_claimed(runs, corpus, name, variants[name], 0, False),
+        lambda name: R.train(runs, corpus, name, variants[name], 0, False),
         lambda name: evaluate(R.run_dir(runs, name, 0) / "final", runs / f"{name}-dev-eval.json", sets, False),
         args.jobs, "dense-stage sweep",
         extra=lambda: evaluate(runs / "init", runs / "untrained-dev-eval.json", sets, True))
