@@ -16,6 +16,7 @@ Book: the experiments chapter.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -57,11 +58,13 @@ class Encoded:
 
 
 def lexical_matrix(weights: list[dict[int, float]], vocab_size: int) -> scipy.sparse.csr_matrix:
-    """N dicts {token id: w} -> (N, V) CSR matrix; float64, so sums match `lexical_match`."""
+    """N dicts {token id: w} -> (N, V) CSR matrix; float64, so sums match `lexical_match`.
+    (numpy reads the ids and weights straight from the chained dicts, str ids too, as int() and
+    float() would, without a Python call per entry.)"""
     counts = np.fromiter(map(len, weights), dtype=np.int64, count=len(weights))  # (N,)
     n = int(counts.sum())
-    cols = np.fromiter((int(t) for w in weights for t in w), dtype=np.int64, count=n)
-    vals = np.fromiter((float(v) for w in weights for v in w.values()), dtype=np.float64, count=n)
+    cols = np.fromiter(itertools.chain.from_iterable(weights), dtype=np.int64, count=n)  # (n,)
+    vals = np.fromiter(itertools.chain.from_iterable(w.values() for w in weights), dtype=np.float64, count=n)  # (n,)
     rows = np.repeat(np.arange(len(weights)), counts)
     keep = cols < vocab_size  # a query id the corpus never uses cannot match
     return scipy.sparse.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(len(weights), vocab_size))
