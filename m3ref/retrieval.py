@@ -57,15 +57,18 @@ class Encoded:
         return cls([str(i) for i in ids], out.dense, out.sparse, out.colbert if colbert else None)
 
 
-def lexical_matrix(weights: list[dict[int, float]], vocab_size: int) -> scipy.sparse.csr_matrix:
+def lexical_matrix(weights: list[dict[int, float]], vocab_size: int | None = None) -> scipy.sparse.csr_matrix:
     """N dicts {token id: w} -> (N, V) CSR matrix; float64, so sums match `lexical_match`.
-    (numpy reads the ids and weights straight from the chained dicts, str ids too, as int() and
-    float() would, without a Python call per entry.)"""
+    V = `vocab_size` (ids beyond it dropped), or one past the largest id. (numpy reads the ids and
+    weights straight from the chained dicts, str ids too, as int() and float() would, without a
+    Python call per entry.)"""
     counts = np.fromiter(map(len, weights), dtype=np.int64, count=len(weights))  # (N,)
     n = int(counts.sum())
     cols = np.fromiter(itertools.chain.from_iterable(weights), dtype=np.int64, count=n)  # (n,)
     vals = np.fromiter(itertools.chain.from_iterable(w.values() for w in weights), dtype=np.float64, count=n)  # (n,)
     rows = np.repeat(np.arange(len(weights)), counts)
+    if vocab_size is None:
+        vocab_size = 1 + int(cols.max()) if n else 1
     keep = cols < vocab_size  # a query id the corpus never uses cannot match
     return scipy.sparse.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(len(weights), vocab_size))
 
@@ -80,9 +83,10 @@ class Index:
     def __init__(self, corpus: Encoded, use_faiss: bool = False):
         self.ids = corpus.ids
         self.dense = torch.as_tensor(np.asarray(corpus.dense, dtype=np.float32))  # (N, d)
-        self.vocab_size = 1 + max((int(t) for w in corpus.sparse for t in w), default=0)
+        lexical = lexical_matrix(corpus.sparse)  # (N, V), V = one past the largest token id
+        self.vocab_size = lexical.shape[1]
         # Inverted index: row t of the (V, N) CSR matrix is the postings list of token t.
-        self.postings = lexical_matrix(corpus.sparse, self.vocab_size).T.tocsr()  # (V, N)
+        self.postings = lexical.T.tocsr()  # (V, N)
         # ColBERT vectors of all passages back to back (T, d), passage i at offsets[i]:offsets[i]+lengths[i]
         vecs = [torch.as_tensor(np.asarray(c, dtype=np.float32)) for c in corpus.colbert or []]
         self.colbert_lengths = torch.tensor([len(v) for v in vecs], dtype=torch.long)  # (N,)

@@ -342,3 +342,5 @@ def test_lexical_matrix_places_every_weight_and_drops_ids_outside_the_vocabulary
     assert m.shape == (3, 5) and m.dtype == np.float64
     assert m.toarray().tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 0.5, 0], [0.25, 2.0, 0, 0, 0]]
     assert lexical_matrix([], 4).shape == (0, 4)
+    assert lexical_matrix([{}, {3: 0.5, 9: 1.0}]).shape == (2, 10)  # no vocab_size: one past the largest id
+    assert lexical_matrix([{}, {}]).shape == (2, 1) and lexical_matrix([]).shape == (0, 1)  # as an empty index
