@@ -56,8 +56,8 @@ SHORT_STEPS = 8  # steps of each experiment in the training check, a checkpoint 
 def fingerprint_of(tree: Path):
     """`tree`'s own fingerprint.py, which says what that tree's fingerprint leaves out."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(f"fingerprint_of_{tree.name}", tree / FP.RUNNER.replace(
-        "run_experiments.py", "fingerprint.py"))
+    path = tree / Path(FP.__file__).resolve().relative_to(FP.ROOT)  # benchmarks/experiments/fingerprint.py
+    spec = importlib.util.spec_from_file_location(f"fingerprint_of_{tree.name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
