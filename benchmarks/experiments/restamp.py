@@ -241,9 +241,10 @@ def main(argv=None) -> None:
         if problems:
             raise SystemExit("error: cannot re-stamp: " + "; ".join(problems) + f". Regenerate instead: {FP.REGENERATE}")
         untrained = R.init_model(work / "runs", corpus)  # as the working tree builds it, afresh
-        if R.model_key(untrained) != stored["untrained"]["key"]["model"]:
+        keys = {"untrained": R.model_key(untrained), "m3-mini (shipped)": R.model_key(SHIPPED)}
+        if keys["untrained"] != stored["untrained"]["key"]["model"]:
             raise SystemExit("error: cannot re-stamp: the untrained model built now is not the stored one "
-                             f"(model_key {R.model_key(untrained)[:12]}). Regenerate instead: {FP.REGENERATE}")
+                             f"(model_key {keys['untrained'][:12]}). Regenerate instead: {FP.REGENERATE}")
         runs.mkdir(parents=True, exist_ok=True)
         R.THREADS["per_process"] = max(1, (os.cpu_count() or 1) // args.jobs)
         for tree in (base, FP.ROOT):
@@ -262,12 +263,12 @@ def main(argv=None) -> None:
         cpu = {task: outs[task][1] for task in tasks}
         outs = {task: outs[task][0] for task in tasks}
         checked = {}
-        for name, model in models.items():
+        for name in models:
             diff = different(outs[name, "base", base], outs[name, "now", FP.ROOT])
             if diff:
                 raise SystemExit(f"error: the evaluation of {name} changed: " + "; ".join(diff)
                                  + f". The edit moves numbers: regenerate instead: {FP.REGENERATE}")
-            checked[name] = {"model": R.model_key(model),
+            checked[name] = {"model": keys[name],
                              "per_query_values": len(per_query_values(outs[name, "now", FP.ROOT])),
                              "eval_cpu_s": {"base": cpu[name, "base", base], "now": cpu[name, "now", FP.ROOT]}}
         # does this machine reproduce the stored run? (another kind of CPU orders some near-ties otherwise)
